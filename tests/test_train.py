@@ -1,0 +1,203 @@
+"""End to end: the recipe trains, stops on its budget, records cost and quality in MLflow, and resumes."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+import workbench
+from workbench.cost.flops import flops_per_token
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTED_METRICS = [
+    "train/loss",
+    "val/loss",
+    "val/bpb",
+    "cost/flops_per_token",
+    "cost/train_flops",
+    "cost/tokens",
+    "cost/tokens_per_s",
+    "cost/mfu",
+    "cost/device_hours",
+    "cost/usd",
+    "cost/peak_mem_gb",
+]
+MOE_METRICS = [
+    "moe/aux_loss",
+    "moe/z_loss",
+    "moe/drop_frac",
+    "moe/load_cv",
+    "moe/max_load_ratio",
+    "moe/router_entropy",
+]
+
+
+def _run(tracking_uri: str, run_id: str):
+    return mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+
+
+@pytest.fixture(scope="module")
+def moe_result(tmp_path_factory, data_cache):
+    """One moe_debug run of 12 steps shared by the tests that only read what it recorded."""
+    tmp = tmp_path_factory.mktemp("moe")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    cfg = workbench.compose(
+        "moe_debug",
+        [
+            f"output_dir={tmp / 'out'}",
+            f"data.cache_dir={data_cache}",
+            "trainer.progress_bar=false",
+            "budget.steps=12",
+            f"tracking.tracking_uri={uri}",
+            "trainer.val_every_n_steps=6",
+        ],
+    )
+    return workbench.run(cfg, print_summary=False)
+
+
+def test_mlflow_run_holds_documented_params_metrics_tags_and_config(moe_result):
+    run = _run(moe_result.tracking_uri, moe_result.run_id)
+    assert run.info.status == "FINISHED"
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    for key in (
+        "model.total_params",
+        "model.active_params",
+        "moe.top_k",
+        "moe.capacity_factor",
+        "model.d_model",
+        "data.seq_len",
+        "budget.steps",
+        "precision.policy",
+        "cost.hardware",
+        "seed",
+    ):
+        assert key in params, key
+    assert int(params["model.active_params"]) < int(params["model.total_params"])
+    assert params["moe.expert_hidden"] == str(256 // 2)  # resolved: d_ff // top_k
+    for key in DOCUMENTED_METRICS + MOE_METRICS:
+        assert key in metrics, key
+    assert tags["workbench.experiment"] == "moe_debug"
+    assert "mlflow.source.git.commit" in tags or not (ROOT / ".git").exists()
+    client = mlflow.MlflowClient(tracking_uri=moe_result.tracking_uri)
+    artifacts = {a.path for a in client.list_artifacts(moe_result.run_id)}
+    assert {"config.yaml", "summary.json", "data_stats.json"} <= artifacts
+
+
+def test_cost_metrics_are_consistent(moe_result):
+    m, cfg = moe_result.metrics, moe_result.config
+    tokens = 12 * cfg.data.batch_size * cfg.data.seq_len
+    assert m["cost/tokens"] == tokens
+    fpt = flops_per_token(cfg.model, cfg.moe, cfg.data.seq_len)["total"]
+    assert m["cost/flops_per_token"] == pytest.approx(fpt)
+    assert m["cost/train_flops"] == pytest.approx(fpt * tokens)
+    assert m["cost/tokens_per_s"] > 0 and 0 < m["cost/mfu"] < 1
+    assert m["cost/usd"] == pytest.approx(m["cost/device_hours"] * 0.10)  # the cpu table price
+    assert 0 <= m["moe/drop_frac"] < 1 and m["moe/load_cv"] >= 0 and m["moe/max_load_ratio"] >= 1
+
+
+def test_val_bpb_matches_val_loss_for_bytes(moe_result):
+    # Byte tokenizer: every token is one byte, so bits per byte = nats per token / ln 2.
+    m = moe_result.metrics
+    assert m["val/bpb"] == pytest.approx(m["val/loss"] / math.log(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["dense_debug", "moe_debug"])
+def test_debug_models_learn(preset, debug_overrides):
+    cfg = workbench.compose(preset, [*debug_overrides, "budget.steps=30", "trainer.val_every_n_steps=30"])
+    result = workbench.run(cfg, print_summary=False)
+    history = mlflow.MlflowClient().get_metric_history(result.run_id, "train/loss")
+    first, last = history[0].value, min(h.value for h in history[-5:])
+    assert first == pytest.approx(math.log(257), abs=0.3)  # uniform over the byte vocabulary at init
+    assert last < first - 1.0, (first, last)
+    assert result.metrics["val/loss"] < first - 1.0
+
+
+def test_token_and_flop_budgets_set_the_step_count(debug_overrides):
+    cfg = workbench.compose("dense_debug", [*debug_overrides, "budget.steps=null", "budget.tokens=3000"])
+    per_step = cfg.data.batch_size * cfg.data.seq_len
+    result = workbench.run(cfg, print_summary=False)
+    assert result.metrics["cost/tokens"] == math.ceil(3000 / per_step) * per_step
+    fpt = result.metrics["cost/flops_per_token"]
+    cfg = workbench.compose(
+        "dense_debug", [*debug_overrides, "budget.steps=null", f"budget.flops={fpt * per_step * 3.5}"]
+    )
+    result = workbench.run(cfg, print_summary=False)
+    assert result.metrics["cost/tokens"] == 4 * per_step  # ceil(3.5) steps
+
+
+def test_money_budget_stops_the_run(debug_overrides):
+    # At $3600/h every second costs a dollar: a $2 budget ends within a few steps, whatever the speed.
+    cfg = workbench.compose(
+        "dense_debug", [*debug_overrides, "budget.steps=100000", "budget.usd=2", "cost.usd_per_hour=3600"]
+    )
+    result = workbench.run(cfg, print_summary=False)
+    assert result.stop_reason == "budget.usd"
+    assert 2.0 <= result.metrics["cost/usd"] < 2.0 + 3.0
+
+
+def test_resume_continues_step_count_and_run(debug_overrides, tmp_path):
+    first = workbench.run(
+        workbench.compose("moe_debug", [*debug_overrides, "budget.steps=8"]), print_summary=False
+    )
+    resumed = workbench.run(
+        workbench.compose(
+            "moe_debug",
+            [
+                *debug_overrides,
+                "budget.steps=14",
+                f"ckpt_path={first.checkpoint}",
+                f"output_dir={tmp_path / 'out2'}",
+            ],
+        ),
+        print_summary=False,
+    )
+    assert resumed.run_id == first.run_id
+    client = mlflow.MlflowClient()
+    steps = [h.step for h in client.get_metric_history(first.run_id, "train/loss")]
+    assert max(steps) == 13 and min(steps) == 0
+    assert resumed.metrics["cost/tokens"] == 14 * 8 * 64  # counters continued from the checkpoint
+    assert client.get_run(first.run_id).data.tags["workbench.resumed_from"].endswith("@step8")
+
+
+def test_cli_end_to_end(tmp_path, data_cache):
+    uri = f"sqlite:///{tmp_path / 'cli.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "+experiment=moe_debug",
+            "budget.steps=6",
+            f"output_dir={tmp_path / 'out'}",
+            f"data.cache_dir={data_cache}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "val bits/byte" in proc.stdout and f"mlflow ui --backend-store-uri {uri}" in proc.stdout
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("workbench").experiment_id])
+    assert run.info.status == "FINISHED"
+    for key in (
+        "val/loss",
+        "val/bpb",
+        "cost/flops_per_token",
+        "cost/tokens_per_s",
+        "cost/mfu",
+        "cost/usd",
+        "moe/load_cv",
+        "moe/drop_frac",
+    ):
+        assert key in run.data.metrics, key
+    assert int(run.data.params["model.active_params"]) < int(run.data.params["model.total_params"])
+    assert (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()

@@ -1,0 +1,32 @@
+"""workbench: what each language-model training efficiency lever costs, and what quality it buys.
+
+Python API (the same configs as `python train.py`):
+
+    import workbench
+    cfg = workbench.compose("moe_debug", ["budget.steps=50"])
+    result = workbench.run(cfg)          # trains, logs to MLflow, returns final metrics
+    df = workbench.runs()                # every finished run as a DataFrame
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["compose", "run", "runs", "ConfigError"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import workbench` stays cheap; Lightning is imported only when a run starts.
+    if name in ("compose", "ConfigError"):
+        from workbench import config
+
+        return getattr(config, name)
+    if name == "run":
+        from workbench.run import run
+
+        return run
+    if name == "runs":
+        from workbench.tracking.query import runs
+
+        return runs
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")

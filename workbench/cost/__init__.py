@@ -1,0 +1,1 @@
+"""Cost accounting: analytic FLOPs, hardware peaks and prices, MFU and money."""

@@ -1,0 +1,1 @@
+"""The training recipe (LightningModule), precision policies and cost/budget callbacks."""

@@ -1,0 +1,135 @@
+"""The training recipe: loss, optimiser, schedule and metrics around an injected network.
+
+The network is a plain nn.Module (workbench.models); this module only decides how it is trained and measured.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from workbench.config.schema import MoEConfig, PrecisionConfig, TrainerConfig
+from workbench.models import aggregate_stats, per_layer_stats
+
+LN2 = math.log(2.0)
+
+
+def warmup_cosine(step: int, warmup: int, total: int | None, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine decay to `min_ratio` at `total` (flat if total is None)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if total is None or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LMRecipe(pl.LightningModule):
+    """Next-token cross-entropy + weighted MoE auxiliary losses; AdamW with warm-up + cosine."""
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        trainer_cfg: TrainerConfig,
+        moe_cfg: MoEConfig,
+        precision_cfg: PrecisionConfig,
+        token_bytes: torch.Tensor,
+        schedule_steps: int | None,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.tcfg = trainer_cfg
+        self.moe_cfg = moe_cfg
+        self.fp32_loss = precision_cfg.fp32_loss
+        # bytes each token stands for: bits per byte stay comparable across tokenizers
+        self.register_buffer("token_bytes", token_bytes.to(torch.long), persistent=False)
+        # Read live by the LR lambda: a money budget only knows its length once speed is measured.
+        self.schedule_steps = schedule_steps
+        self._val_sums = torch.zeros(3, dtype=torch.float64)  # nats, tokens, bytes
+        self.mlflow_run_id: str | None = None
+        self.last_val: dict[str, float] = {}
+
+    def forward(self, idx_BT: torch.Tensor):
+        return self.network(idx_BT)
+
+    def _cross_entropy(
+        self, logits_BTV: torch.Tensor, y_BT: torch.Tensor, reduction: str = "mean"
+    ) -> torch.Tensor:
+        if self.fp32_loss:
+            logits_BTV = logits_BTV.float()
+        return F.cross_entropy(logits_BTV.flatten(0, 1), y_BT.flatten(), reduction=reduction)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x_BT, y_BT = batch
+        logits_BTV, aux = self.network(x_BT)
+        ce = self._cross_entropy(logits_BTV, y_BT)
+        loss = ce
+        if aux.layers:
+            loss = (
+                loss + self.moe_cfg.aux_loss_weight * aux.aux_loss + self.moe_cfg.z_loss_weight * aux.z_loss
+            )
+        self.log("train/loss", ce.detach(), on_step=True, prog_bar=True)
+        self.log("train/total_loss", loss.detach(), on_step=True)
+        if aux.layers and self.global_step % self.tcfg.log_every_n_steps == 0:
+            stats = {f"moe/{k}": v for k, v in aggregate_stats(aux.layers).items()}
+            stats.update({f"moe/{k}": v for k, v in per_layer_stats(aux.layers).items()})
+            self.log_dict(stats, on_step=True)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.global_step % self.tcfg.log_every_n_steps == 0:
+            grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+            if grads:
+                self.log("train/grad_norm", torch.stack(grads).norm(), on_step=True)
+            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums.zero_()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x_BT, y_BT = batch
+        logits_BTV, _ = self.network(x_BT)
+        nats = self._cross_entropy(logits_BTV, y_BT, reduction="sum")
+        n_bytes = self.token_bytes[y_BT].sum()
+        self._val_sums += torch.stack(
+            [nats.detach().double().cpu(), torch.tensor(float(y_BT.numel())).double(), n_bytes.double().cpu()]
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        nats, tokens, n_bytes = self._val_sums.tolist()
+        if tokens == 0:
+            return
+        metrics = {"val/loss": nats / tokens, "val/bpb": nats / LN2 / max(n_bytes, 1.0)}
+        self.last_val = metrics
+        # callback_metrics for checkpointing/pruning; the logger gets them at the true training step,
+        # also from a stand-alone `trainer.validate` after fit.
+        for k, v in metrics.items():
+            self.log(k, v, logger=False, prog_bar=k == "val/bpb")
+        if self.logger is not None and not self.trainer.sanity_checking:
+            self.logger.log_metrics(metrics, step=self.global_step)
+
+    def configure_optimizers(self):
+        # Decay matrices only; norms' gains stay undecayed (GPT-2 / nanoGPT practice).
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.tcfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.tcfg.lr,
+            betas=(self.tcfg.beta1, self.tcfg.beta2),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(
+                step, self.tcfg.warmup_steps, self.schedule_steps, self.tcfg.min_lr_ratio
+            ),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["workbench"] = {"mlflow_run_id": self.mlflow_run_id, "schedule_steps": self.schedule_steps}
