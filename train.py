@@ -73,7 +73,7 @@ def main(dcfg: DictConfig) -> dict[str, float | str | None]:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    from workbench.run import run
+    from workbench.runner import run
 
     result = run(cfg)
     return {"name": result.name, "run_id": result.run_id, **result.metrics}

@@ -22,7 +22,7 @@ def __getattr__(name: str):
 
         return getattr(config, name)
     if name == "run":
-        from workbench.run import run
+        from workbench.runner import run
 
         return run
     if name == "runs":
