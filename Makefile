@@ -24,7 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow and not gpu" --durations=10 tests
-	$(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks
+	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.cache/notebook-tests.db $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest tests

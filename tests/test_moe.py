@@ -21,10 +21,15 @@ def make_layer(d_model: int = 8, seed: int = 0, fp32_router: bool = True, **moe)
     return layer
 
 
-def naive_moe(x_TD, w_ED, w1_EDF, w3_EDF, w2_EFD, top_k, keep=None):
-    """Loop over tokens and their choices; `keep[t][j]` False skips token t's j-th choice."""
+def naive_moe(x_TD, w_ED, w1_EDF, w3_EDF, w2_EFD, top_k, keep=None, normalize=True):
+    """Loop over tokens and their choices; `keep[t][j]` False skips token t's j-th choice.
+
+    `normalize`: the chosen weights are rescaled to sum to 1 before any dropping (moe.normalize_top_k).
+    """
     probs_TE = (x_TD @ w_ED.T).softmax(dim=-1)
     weights_TK, experts_TK = probs_TE.topk(top_k, dim=-1)
+    if normalize and top_k > 1:
+        weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
     rows = []
     for t in range(x_TD.shape[0]):
         y_D = torch.zeros_like(x_TD[t])
@@ -61,7 +66,7 @@ def reference_grads(layer: MoELayer, x_TD, g_TD, top_k, keep=None):
     """Output and gradients (input, router, experts) of the naive loop on copies of the layer's weights."""
     x = x_TD.detach().clone().requires_grad_()
     params = [p.detach().clone().requires_grad_() for p in layer_params(layer)]
-    y = naive_moe(x, *params, top_k=top_k, keep=keep)
+    y = naive_moe(x, *params, top_k=top_k, keep=keep, normalize=layer.router.normalize)
     (y * g_TD).sum().backward()
     return y.detach(), x.grad, [p.grad for p in params]
 
@@ -93,9 +98,13 @@ def test_one_expert_top1_equals_dense_ffn(moe):
     torch.testing.assert_close(layer.experts.w2_EFD.grad[0], dense.w2.weight.grad.T, atol=1e-5, rtol=0)
 
 
-def test_dropless_matches_naive_loop_in_outputs_and_gradients():
+@pytest.mark.parametrize("normalize", [True, False])
+def test_dropless_matches_naive_loop_in_outputs_and_gradients(normalize):
     top_k = 2
-    layer = make_layer(d_model=8, num_experts=4, top_k=top_k, expert_hidden=6, dropless=True)
+    layer = make_layer(
+        d_model=8, num_experts=4, top_k=top_k, expert_hidden=6, dropless=True, normalize_top_k=normalize
+    )
+    assert layer.router.normalize is normalize
     x = torch.randn(32, 8, requires_grad=True)
     g = torch.randn(32, 8)
 
@@ -131,7 +140,9 @@ def test_capacity_drops_exactly_the_assignments_past_capacity_hand_built():
     assert int(stats.dropped) == 6 and stats.drop_frac == 0.5
     assert stats.tokens_per_expert.tolist() == [2.0, 2.0, 2.0]
     assert stats.routed_per_expert.tolist() == [5.0, 5.0, 2.0]
-    y_ref = naive_moe(x, *[p.detach() for p in layer_params(layer)], top_k=2, keep=keep)
+    y_ref = naive_moe(
+        x, *[p.detach() for p in layer_params(layer)], top_k=2, keep=keep, normalize=layer.router.normalize
+    )
     torch.testing.assert_close(y.detach(), y_ref, atol=1e-5, rtol=1e-5)
     assert torch.all(y[2] == 0) and torch.all(y[4] == 0)  # every assignment dropped: zero output
     assert not torch.all(y[3] == 0)
@@ -247,3 +258,15 @@ def test_large_batch_accounts_for_every_assignment():
     assert y.shape == (8192, 16)
     assert int(stats.tokens_per_expert.sum()) + int(stats.dropped) == stats.assignments
     assert stats.routed_per_expert.sum().item() == stats.assignments
+
+
+def test_top1_keeps_raw_probability_so_the_router_learns_from_the_loss():
+    # Renormalising a single weight would make it exactly 1 and cut the router off from the main loss (Switch).
+    layer = make_layer(
+        d_model=8, num_experts=4, top_k=1, expert_hidden=6, dropless=True, normalize_top_k=True
+    )
+    assert layer.router.normalize is False
+    x = torch.randn(16, 8)
+    y, _ = layer(x)
+    y.sum().backward()
+    assert layer.router.w_ED.grad.abs().sum() > 0

@@ -70,6 +70,18 @@ def _read_resume_state(ckpt_path: str) -> dict[str, Any]:
     return {"path": str(path), "global_step": ckpt.get("global_step", 0), **ckpt.get("workbench", {})}
 
 
+def _quiet_lightning() -> None:
+    """Keep the console to the progress bar and the summary: Lightning's INFO lines (device banners, tips,
+    "max_steps reached") repeat what the summary says, and under Hydra they print twice."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers")
+
+
 def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
     """Train `cfg` until its budget is spent; log everything to MLflow; return the final metrics."""
     validate(cfg)
@@ -93,6 +105,7 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
     from workbench.training.module import LMRecipe
     from workbench.training.precision import lightning_precision
 
+    _quiet_lightning()
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -42,6 +42,10 @@ class MoEConfig:
     # Capacity per expert C = ceil(T * top_k / num_experts * capacity_factor) (GShard / Switch eq. 3).
     capacity_factor: float = 1.25
     dropless: bool = False  # True: every assignment is computed, capacity_factor is ignored
+    # Rescale each token's top-k combine weights to sum to 1 (GShard top-2; Mixtral). Without it, top-2 of 8
+    # starts with weights near 2/8 and the MoE output is ~4x smaller than the dense FFN it replaces.
+    # Ignored for top_k=1, where it would make the weight 1 and cut the router off from the main loss (Switch).
+    normalize_top_k: bool = True
     aux_loss_weight: float = 0.01  # Switch load-balancing loss alpha (Fedus et al. 2021, sec. 2.2)
     z_loss_weight: float = 0.0  # router z-loss (Zoph et al. 2022, ST-MoE eq. 5); 1e-3 is their value
 

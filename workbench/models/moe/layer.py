@@ -33,7 +33,13 @@ class MoELayer(nn.Module):
         self.top_k = cfg.top_k
         self.capacity_factor = None if cfg.dropless else cfg.capacity_factor
         self.layer = layer
-        self.router = TopKRouter(d_model, cfg.num_experts, cfg.top_k, fp32=fp32_router)
+        self.router = TopKRouter(
+            d_model,
+            cfg.num_experts,
+            cfg.top_k,
+            fp32=fp32_router,
+            normalize=cfg.normalize_top_k and cfg.top_k > 1,
+        )
         self.experts = SwiGLUExperts(cfg.num_experts, d_model, cfg.expert_hidden)
 
     def capacity(self, num_tokens: int) -> int | None:
