@@ -201,3 +201,27 @@ def test_cli_end_to_end(tmp_path, data_cache):
         assert key in run.data.metrics, key
     assert int(run.data.params["model.active_params"]) < int(run.data.params["model.total_params"])
     assert (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_resume_from_a_periodic_checkpoint_reproduces_the_uninterrupted_run(debug_overrides):
+    # Same weights, optimiser, schedule and data position: the resumed steps repeat the original ones exactly.
+    overrides = [*debug_overrides, "budget.steps=16", "data.max_docs=60"]
+    full = workbench.run(
+        workbench.compose("moe_debug", [*overrides, "trainer.checkpoint_every_n_steps=10"]),
+        print_summary=False,
+    )
+    ckpt = Path(full.checkpoint).parent / "step0000010.ckpt"
+    assert ckpt.is_file()
+    resumed = workbench.run(
+        workbench.compose(
+            "moe_debug", [*overrides, f"ckpt_path={ckpt}", "output_dir=" + str(ckpt.parent / "r")]
+        ),
+        print_summary=False,
+    )
+    history: dict[int, list[float]] = {}
+    for h in mlflow.MlflowClient().get_metric_history(full.run_id, "train/loss"):
+        history.setdefault(h.step, []).append(h.value)
+    assert all(len(history[s]) == 2 for s in range(10, 16))  # logged by both runs, into the same MLflow run
+    for s in range(10, 16):
+        assert history[s][0] == history[s][1], s
+    assert resumed.metrics["val/loss"] == full.metrics["val/loss"]

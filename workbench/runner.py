@@ -132,7 +132,8 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
         devices=cfg.trainer.devices,
     )
 
-    schedule_steps = (resume or {}).get("schedule_steps") or max_steps
+    # A resumed run decays over its own (possibly raised) budget; a money budget keeps its measured estimate.
+    schedule_steps = max_steps if max_steps is not None else (resume or {}).get("schedule_steps")
     recipe = LMRecipe(network, cfg.trainer, cfg.moe, cfg.precision, datamodule.token_bytes, schedule_steps)
     if cfg.trainer.compile:
         recipe.network = torch.compile(recipe.network)
@@ -146,7 +147,12 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
 
         callbacks.append(
             ModelCheckpoint(
-                dirpath=ckpt_dir, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_top_k=-1
+                dirpath=ckpt_dir,
+                # no "=" in the name: it would need quoting in a Hydra override (ckpt_path=...)
+                filename="step{step:07d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
+                save_top_k=-1,
             )
         )
 

@@ -76,11 +76,40 @@ class EpochShuffleSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.n
 
+    def skip_next(self, samples: int) -> None:
+        """Start the next pass `samples` into its permutation (a run resumed mid-epoch)."""
+        self._skip = samples
+
     def __iter__(self):
         g = torch.Generator()
         g.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]))
         self.epoch += 1
-        yield from torch.randperm(self.n, generator=g).tolist()
+        skip, self._skip = getattr(self, "_skip", 0), 0
+        yield from torch.randperm(self.n, generator=g)[skip:].tolist()
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader whose position travels in Lightning checkpoints.
+
+    Lightning stores `state_dict()` with the fit loop and calls `load_state_dict()` before iterating again,
+    so a run resumed mid-epoch continues the same permutation instead of replaying its first batches.
+    The position is the trainer's count of batches processed this epoch: counting batches handed out here
+    would include the one Lightning prefetches but has not trained on.
+    """
+
+    def __init__(self, *args, datamodule: pl.LightningDataModule, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._datamodule = datamodule
+
+    def state_dict(self) -> dict[str, int]:
+        trainer = self._datamodule.trainer
+        # `processed`, not `completed`: a checkpoint written in on_train_batch_end (ModelCheckpoint) sees the
+        # current batch processed but not yet completed.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+        return {"batches_done": int(done), "batch_size": int(self.batch_size)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.skip_next(int(state["batches_done"]) * int(state["batch_size"]))
 
 
 def pack_rows(tokens: np.ndarray, seq_len: int) -> np.ndarray:
@@ -207,8 +236,12 @@ class LMDataModule(pl.LightningDataModule):
 
     def _loader(self, rows: PackedRows, sampler: Sampler | None, drop_last: bool) -> DataLoader:
         workers = self.cfg.num_workers
-        return DataLoader(
+        loader_cls, extra = (
+            (ResumableLoader, {"datamodule": self}) if sampler is not None else (DataLoader, {})
+        )
+        return loader_cls(
             rows,
+            **extra,
             batch_size=self.cfg.batch_size,
             sampler=sampler,
             drop_last=drop_last,
