@@ -85,6 +85,9 @@ class LMRecipe(pl.LightningModule):
             if grads:
                 self.log("train/grad_norm", torch.stack(grads).norm(), on_step=True)
             self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            if scaler is not None:  # fp16-mixed: the dynamic loss scale falls each time a step is skipped
+                self.log("train/grad_scale", float(scaler.get_scale()), on_step=True)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums.zero_()
