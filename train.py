@@ -67,15 +67,15 @@ def preflight(argv: list[str]) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(dcfg: DictConfig) -> dict[str, float | str | None]:
+    from workbench.runner import run
+
     try:
         cfg = to_object(dcfg)
         validate(cfg)
+        result = run(cfg)  # may still find bad input only the data can reveal (a missing file, an empty split)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    from workbench.runner import run
-
-    result = run(cfg)
     return {"name": result.name, "run_id": result.run_id, **result.metrics}
 
 

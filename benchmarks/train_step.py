@@ -50,15 +50,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    record: dict = {"benchmark": "train_step", "threads": args.threads, "repeats": args.repeats,
-                    "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
+    record: dict = {
+        "benchmark": "train_step",
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+    }
     medians = {}
     for name in ("quickstart_dense", "quickstart_moe"):
         cfg = workbench.compose(name)
         cfg = dataclasses.replace(
             cfg,
             model=dataclasses.replace(cfg.model, vocab_size=257),
-            moe=dataclasses.replace(cfg.moe, expert_hidden=cfg.moe.expert_hidden or cfg.model.d_ff // cfg.moe.top_k),
+            moe=dataclasses.replace(
+                cfg.moe, expert_hidden=cfg.moe.expert_hidden or cfg.model.d_ff // cfg.moe.top_k
+            ),
         )
         batch_BT = torch.randint(0, 257, (cfg.data.batch_size, cfg.data.seq_len + 1))
         times = step_times(cfg, batch_BT, args.warmup, args.repeats)
@@ -66,10 +73,17 @@ def main() -> None:
         fpt = flops_per_token(cfg.model, cfg.moe, cfg.data.seq_len)["total"]
         medians[name] = statistics.median(times)
         q = statistics.quantiles(times, n=4)
-        record[name] = {"median_s": medians[name], "iqr_s": q[2] - q[0], "tokens_per_s": tokens / medians[name],
-                        "flops_per_token": fpt, "achieved_flops": fpt * tokens / medians[name]}
+        record[name] = {
+            "median_s": medians[name],
+            "iqr_s": q[2] - q[0],
+            "tokens_per_s": tokens / medians[name],
+            "flops_per_token": fpt,
+            "achieved_flops": fpt * tokens / medians[name],
+        }
     record["moe_over_dense"] = medians["quickstart_moe"] / medians["quickstart_dense"]
-    record["flops_ratio"] = record["quickstart_moe"]["flops_per_token"] / record["quickstart_dense"]["flops_per_token"]
+    record["flops_ratio"] = (
+        record["quickstart_moe"]["flops_per_token"] / record["quickstart_dense"]["flops_per_token"]
+    )
     print(json.dumps(record))
 
 

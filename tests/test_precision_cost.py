@@ -56,7 +56,13 @@ def test_cpu_peak_is_measured_once_then_read_from_cache(tmp_path, monkeypatch):
 def test_bpe_runs_report_bits_per_byte_over_bytes_not_tokens(debug_overrides):
     cfg = workbench.compose(
         "dense_debug",
-        [*debug_overrides, "data.tokenizer=bpe", "data.bpe_vocab_size=512", "budget.steps=6", "data.max_docs=60"],
+        [
+            *debug_overrides,
+            "data.tokenizer=bpe",
+            "data.bpe_vocab_size=512",
+            "budget.steps=6",
+            "data.max_docs=60",
+        ],
     )
     result = workbench.run(cfg, print_summary=False)
     m = result.metrics

@@ -13,6 +13,7 @@ import pytest
 
 import workbench
 from workbench.cost.flops import flops_per_token
+from workbench.models.moe.balancing import AGGREGATE_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTED_METRICS = [
@@ -28,14 +29,7 @@ DOCUMENTED_METRICS = [
     "cost/usd",
     "cost/peak_mem_gb",
 ]
-MOE_METRICS = [
-    "moe/aux_loss",
-    "moe/z_loss",
-    "moe/drop_frac",
-    "moe/load_cv",
-    "moe/max_load_ratio",
-    "moe/router_entropy",
-]
+MOE_METRICS = [f"moe/{k}" for k in AGGREGATE_KEYS]
 
 
 def _run(tracking_uri: str, run_id: str):

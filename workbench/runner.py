@@ -92,6 +92,7 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
     from workbench.cost.hardware import peak_flops, price_per_hour
     from workbench.data import LMDataModule
     from workbench.models import build_model
+    from workbench.models.moe.balancing import AGGREGATE_KEYS
     from workbench.tracking.mlflow_utils import (
         artifact_root,
         flatten,
@@ -246,14 +247,7 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
     if train_loss is not None:
         metrics["train/loss"] = float(train_loss)
     metrics.update(meter.metrics(trainer.strategy.root_device))
-    for key in (
-        "moe/aux_loss",
-        "moe/z_loss",
-        "moe/drop_frac",
-        "moe/load_cv",
-        "moe/max_load_ratio",
-        "moe/router_entropy",
-    ):
+    for key in (f"moe/{k}" for k in AGGREGATE_KEYS):
         if key in trainer.callback_metrics:
             metrics[key] = float(trainer.callback_metrics[key])
     metrics["model.total_params"] = float(counts["total"])

@@ -8,7 +8,7 @@ import typing
 
 from omegaconf.errors import OmegaConfBaseException
 
-from workbench.config.schema import TrainConfig
+from workbench.config.schema import DataConfig, TrainConfig
 from workbench.cost.hardware import HARDWARE
 
 
@@ -80,30 +80,7 @@ def validate(cfg: TrainConfig) -> None:
 
     _choice("precision.policy", p.policy, POLICIES)
 
-    _choice("data.source", d.source, SOURCES)
-    _choice("data.tokenizer", d.tokenizer, TOKENIZERS)
-    if d.source == "embedded":
-        if not d.embedded_kinds:
-            raise ConfigError(f"data.embedded_kinds is empty; choose from: {', '.join(EMBEDDED_KINDS)}")
-        for kind in d.embedded_kinds:
-            _choice("data.embedded_kinds", kind, EMBEDDED_KINDS)
-    if d.source == "files" and not d.paths:
-        raise ConfigError(
-            "data.paths is empty; data.source=files needs at least one .jsonl/.json/.parquet/.txt path"
-        )
-    if d.source == "hub" and not d.hub_id:
-        raise ConfigError("data.hub_id is not set; data.source=hub needs a Hugging Face dataset id")
-    if not 0 < d.val_fraction < 1:
-        raise ConfigError(f"data.val_fraction={d.val_fraction} must be in (0, 1)")
-    if d.seq_len < 2:
-        raise ConfigError(f"data.seq_len={d.seq_len} must be >= 2")
-    _positive("data.batch_size", d.batch_size)
-    _positive("data.max_docs", d.max_docs, allow_none=True)
-    _positive("data.num_workers", d.num_workers, allow_zero=True)
-    if d.tokenizer == "bpe" and d.bpe_vocab_size <= 257:
-        raise ConfigError(
-            f"data.bpe_vocab_size={d.bpe_vocab_size} must be > 257 (256 byte symbols + end-of-text)"
-        )
+    validate_data(d)
 
     _positive("trainer.lr", t.lr)
     if not 0 <= t.min_lr_ratio <= 1:
@@ -131,6 +108,34 @@ def validate(cfg: TrainConfig) -> None:
     if c.hardware != "cpu" and t.accelerator == "cpu":
         raise ConfigError(
             f"cost.hardware={c.hardware} with trainer.accelerator=cpu: MFU would use a GPU peak for a CPU run"
+        )
+
+
+def validate_data(d: DataConfig) -> None:
+    """The data slice's rules; the datamodule runs them too, for callers that skip `validate`."""
+    _choice("data.source", d.source, SOURCES)
+    _choice("data.tokenizer", d.tokenizer, TOKENIZERS)
+    if d.source == "embedded":
+        if not d.embedded_kinds:
+            raise ConfigError(f"data.embedded_kinds is empty; choose from: {', '.join(EMBEDDED_KINDS)}")
+        for kind in d.embedded_kinds:
+            _choice("data.embedded_kinds", kind, EMBEDDED_KINDS)
+    if d.source == "files" and not d.paths:
+        raise ConfigError(
+            "data.paths is empty; data.source=files needs at least one .jsonl/.json/.parquet/.txt path"
+        )
+    if d.source == "hub" and not d.hub_id:
+        raise ConfigError("data.hub_id is not set; data.source=hub needs a Hugging Face dataset id")
+    if not 0 < d.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction={d.val_fraction} must be in (0, 1)")
+    if d.seq_len < 2:
+        raise ConfigError(f"data.seq_len={d.seq_len} must be >= 2")
+    _positive("data.batch_size", d.batch_size)
+    _positive("data.max_docs", d.max_docs, allow_none=True)
+    _positive("data.num_workers", d.num_workers, allow_zero=True)
+    if d.tokenizer == "bpe" and d.bpe_vocab_size <= 257:
+        raise ConfigError(
+            f"data.bpe_vocab_size={d.bpe_vocab_size} must be > 257 (256 byte symbols + end-of-text)"
         )
 
 

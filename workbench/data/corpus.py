@@ -31,6 +31,7 @@ from typing import Any
 import datasets
 
 from workbench.config.schema import DataConfig
+from workbench.config.validate import ConfigError, validate_data
 from workbench.paths import project_root, resolve_path
 
 log = logging.getLogger(__name__)
@@ -122,35 +123,8 @@ class Skips:
 
 
 def check_data_config(cfg: DataConfig) -> None:
-    """One-line ValueErrors, naming the key, for values no data source can use."""
-    if cfg.source not in ("embedded", "files", "hub"):
-        raise ValueError(f"data.source={cfg.source!r}: expected embedded, files or hub")
-    kinds = list(cfg.embedded_kinds)
-    if cfg.source == "embedded" and (not kinds or set(kinds) - set(EMBEDDED_KINDS)):
-        raise ValueError(
-            f"data.embedded_kinds={kinds}: expected a non-empty subset of {list(EMBEDDED_KINDS)}"
-        )
-    if cfg.source == "files" and not list(cfg.paths):
-        raise ValueError(
-            "data.paths is empty: list .jsonl/.json/.parquet/.txt files or globs for data.source=files"
-        )
-    if cfg.source == "hub" and not cfg.hub_id:
-        raise ValueError("data.hub_id is required for data.source=hub (e.g. roneneldan/TinyStories)")
-    if cfg.max_docs is not None and cfg.max_docs < 1:
-        raise ValueError(f"data.max_docs={cfg.max_docs}: must be at least 1, or null for all documents")
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction={cfg.val_fraction}: must lie strictly between 0 and 1")
-    if cfg.tokenizer not in ("byte", "bpe"):
-        raise ValueError(f"data.tokenizer={cfg.tokenizer!r}: expected byte or bpe")
-    if cfg.tokenizer == "bpe" and cfg.bpe_vocab_size <= 257:
-        raise ValueError(
-            f"data.bpe_vocab_size={cfg.bpe_vocab_size}: must exceed 257 (256 bytes + <|endoftext|>)"
-        )
-    for name in ("seq_len", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"data.{name}={getattr(cfg, name)}: must be at least 1")
-    if cfg.num_workers < 0:
-        raise ValueError(f"data.num_workers={cfg.num_workers}: must be 0 or more")
+    """One-line errors, naming the key, for values no data source can use (the rules live with the others)."""
+    validate_data(cfg)
 
 
 def stdlib_dir() -> Path:
@@ -283,14 +257,14 @@ def resolve_files(patterns: list[str]) -> list[Path]:
         if any(c in str(full) for c in "*?["):
             matches = sorted(Path(m) for m in glob.glob(str(full), recursive=True) if Path(m).is_file())
             if not matches:
-                raise ValueError(f"data.paths: no file matches {pattern!r} (looked in {full.parent})")
+                raise ConfigError(f"data.paths: no file matches {pattern!r} (looked in {full.parent})")
         elif full.is_file():
             matches = [full]
         else:
-            raise ValueError(f"data.paths: no such file {pattern!r} ({full})")
+            raise ConfigError(f"data.paths: no such file {pattern!r} ({full})")
         for m in matches:
             if not m.name.endswith(FILE_SUFFIXES):
-                raise ValueError(
+                raise ConfigError(
                     f"data.paths: {m} is not one of {', '.join(FILE_SUFFIXES)} (from {pattern!r})"
                 )
             m = m.resolve()
@@ -323,11 +297,11 @@ def file_documents(files: list[Path], text_field: str, cache_root: Path, skips: 
                 )
         except Exception as e:  # datasets wraps parse errors in several exception types
             first_line = (str(e).strip().splitlines() or [""])[0]
-            raise ValueError(
+            raise ConfigError(
                 f"data.paths: cannot read {name} as {builder}: {type(e).__name__}: {first_line}"
             ) from e
         if text_field not in table.column_names:
-            raise ValueError(
+            raise ConfigError(
                 f"data.text_field={text_field!r}: no such column in {name} (columns: {', '.join(table.column_names)})"
             )
         for row, text in enumerate(table[text_field]):
@@ -349,7 +323,7 @@ def hub_documents(cfg: DataConfig, skips: Skips) -> list[Doc]:
     docs: list[Doc] = []
     for row, example in enumerate(ds):
         if cfg.text_field not in example:
-            raise ValueError(
+            raise ConfigError(
                 f"data.text_field={cfg.text_field!r}: no such column in {where} (columns: {', '.join(example)})"
             )
         text = example[cfg.text_field]
@@ -430,23 +404,23 @@ def _build(cfg: DataConfig, cache_root: Path) -> tuple[datasets.Dataset, dict[st
     ids = [d.id for d in docs]
     if len(set(ids)) != len(ids):
         dup = next(i for i, c in Counter(ids).items() if c > 1)
-        raise ValueError(f"data.source={cfg.source}: document id {dup!r} occurs twice")
+        raise ConfigError(f"data.source={cfg.source}: document id {dup!r} occurs twice")
     docs.sort(key=lambda d: (order_key(d.id), d.id))
     found = len(docs)
     if cfg.max_docs is not None:
         docs = docs[: cfg.max_docs]
     if not docs:
-        raise ValueError(
+        raise ConfigError(
             f"data.source={cfg.source}: the corpus is empty (skipped: {dict(skips.counts) or 'none'}); add documents"
         )
     splits = [assign_split(d.group or d.id, cfg.val_fraction, cfg.split_salt) for d in docs]
     if "validation" not in splits:
-        raise ValueError(
+        raise ConfigError(
             f"data.val_fraction={cfg.val_fraction}: the validation split is empty ({len(docs)} documents); "
             "raise it or add documents"
         )
     if "train" not in splits:
-        raise ValueError(
+        raise ConfigError(
             f"data.val_fraction={cfg.val_fraction}: the training split is empty ({len(docs)} documents); "
             "lower it or add documents"
         )

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from workbench.config.schema import DataConfig
+from workbench.config.validate import ConfigError
 from workbench.data.corpus import Corpus, atomic_dir, build_corpus, check_data_config, spec_key
 from workbench.data.tokenizer import BPETokenizer, ByteTokenizer, build_tokenizer
 from workbench.paths import resolve_path
@@ -221,13 +222,13 @@ class LMDataModule(pl.LightningDataModule):
     def _check_sizes(self) -> None:
         cfg, s = self.cfg, self._stats
         if s["sequences_train"] < cfg.batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"data.batch_size={cfg.batch_size}, data.seq_len={cfg.seq_len}: the training split packs into "
                 f"{s['sequences_train']} rows of {cfg.seq_len + 1} tokens, fewer than one batch; "
                 "lower data.batch_size or data.seq_len, or add documents (data.max_docs)"
             )
         if s["sequences_val"] < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"data.seq_len={cfg.seq_len}: the validation split has {s['tokens_val']} tokens, fewer than one row "
                 f"of {cfg.seq_len + 1}; lower data.seq_len, raise data.val_fraction, or add documents"
             )

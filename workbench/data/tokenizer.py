@@ -19,6 +19,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from workbench.config.schema import DataConfig
+from workbench.config.validate import ConfigError
 from workbench.data.corpus import atomic_dir, spec_key
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def build_tokenizer(
     if cfg.tokenizer == "byte":
         return ByteTokenizer()
     if cfg.tokenizer != "bpe":
-        raise ValueError(f"data.tokenizer={cfg.tokenizer!r}: expected byte or bpe")
+        raise ConfigError(f"data.tokenizer={cfg.tokenizer!r}: expected byte or bpe")
     folder = None
     if cache_root is not None and corpus_key:
         folder = Path(cache_root) / "tokenizers" / tokenizer_key(cfg, corpus_key)

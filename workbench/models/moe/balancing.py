@@ -79,6 +79,10 @@ class MoEStats:
         return float(self.dropped) / self.assignments
 
 
+# The keys of `aggregate_stats`, logged as `moe/<key>` (README, "Metrics").
+AGGREGATE_KEYS = ("aux_loss", "z_loss", "drop_frac", "load_cv", "max_load_ratio", "router_entropy")
+
+
 def aggregate_stats(layers: list[MoEStats]) -> dict[str, float]:
     """Means over MoE layers of the per-layer statistics (empty for a dense model)."""
     if not layers:
