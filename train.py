@@ -6,6 +6,7 @@ or value ends the command with one line naming it and exit status 2.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from itertools import product
 
@@ -65,14 +66,31 @@ def preflight(argv: list[str]) -> None:
         compose(None, list(combo))
 
 
+def _per_job_output_dir(cfg):
+    """In a multirun each job writes its checkpoints to its own folder: Hydra's job folder by default,
+    or `<output_dir>/<job number>` when output_dir was given on the command line."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return cfg
+    given = any(o.lstrip("+").split("=")[0] == "output_dir" for o in hc.overrides.task)
+    return dataclasses.replace(
+        cfg, output_dir=f"{cfg.output_dir}/{hc.job.num}" if given else hc.runtime.output_dir
+    )
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(dcfg: DictConfig) -> dict[str, float | str | None]:
     from workbench.runner import run
 
     try:
-        cfg = to_object(dcfg)
+        cfg = _per_job_output_dir(to_object(dcfg))
         validate(cfg)
-        result = run(cfg)  # may still find bad input only the data can reveal (a missing file, an empty split)
+        result = run(
+            cfg
+        )  # may still find bad input only the data can reveal (a missing file, an empty split)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

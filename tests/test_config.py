@@ -96,7 +96,10 @@ def test_allowed_values_are_listed():
         (["+experiment=moe_debug", "moe.top_k=9"], "moe.top_k"),
         (["-m", "+experiment=moe_debug,dense_debug", "moe.capacity_factor=1.0,0"], "moe.capacity_factor"),
         (["+experiment=dense_debug", "model.d_modle=3"], "model.d_modle"),
-        (["+experiment=dense_debug", "data=files", "data.paths=[no/such/*.jsonl]", "tracking=none"], "data.paths"),
+        (
+            ["+experiment=dense_debug", "data=files", "data.paths=[no/such/*.jsonl]", "tracking=none"],
+            "data.paths",
+        ),
     ],
 )
 def test_cli_rejects_bad_config_with_one_line(args, key, tmp_path):

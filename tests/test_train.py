@@ -219,3 +219,35 @@ def test_resume_from_a_periodic_checkpoint_reproduces_the_uninterrupted_run(debu
     for s in range(10, 16):
         assert history[s][0] == history[s][1], s
     assert resumed.metrics["val/loss"] == full.metrics["val/loss"]
+
+
+def test_cli_multirun_prints_jobs_side_by_side(tmp_path, data_cache):
+    uri = f"sqlite:///{tmp_path / 'multi.db'}"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "+experiment=moe_debug",
+            "moe.top_k=1,2",
+            "budget.steps=3",
+            f"data.cache_dir={data_cache}",
+            "trainer.progress_bar=false",
+            "data.max_docs=60",
+            f"output_dir={tmp_path / 'out'}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Side by side" in proc.stdout
+    assert "moe_debug moe.top_k=1" in proc.stdout and "moe_debug moe.top_k=2" in proc.stdout
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.search_runs([client.get_experiment_by_name("workbench").experiment_id])
+    assert sorted(r.data.params["moe.top_k"] for r in found) == ["1", "2"]
+    checkpoints = sorted(r.data.tags["workbench.checkpoint"] for r in found)  # one folder per job
+    assert checkpoints == [str(tmp_path / "out" / str(i) / "checkpoints" / "last.ckpt") for i in (0, 1)]
