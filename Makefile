@@ -23,7 +23,9 @@ demo: $(STAMP)
 # The default suite (slow and GPU tests excluded), ruff, and the notebooks on tiny settings.
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -m "not slow and not gpu" --durations=10 tests
+	mkdir -p .cache
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.cache/notebook-tests.db $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks
 
 test-all: $(STAMP)
