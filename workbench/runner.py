@@ -66,7 +66,8 @@ def _read_resume_state(ckpt_path: str) -> dict[str, Any]:
     path = resolve_path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    # mmap: only the small metadata entries are read here; Lightning loads the tensors once, in fit.
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     return {"path": str(path), "global_step": ckpt.get("global_step", 0), **ckpt.get("workbench", {})}
 
 
