@@ -83,6 +83,16 @@ def test_mlflow_run_holds_documented_params_metrics_tags_and_config(moe_result):
     assert {"config.yaml", "summary.json", "data_stats.json"} <= artifacts
 
 
+def test_data_metrics_account_for_every_document(moe_result):
+    metrics = _run(moe_result.tracking_uri, moe_result.run_id).data.metrics
+    removed = {k: v for k, v in metrics.items() if k.startswith("data/removed/")}
+    assert metrics["data/docs_kept"] == 400  # moe_debug: data.max_docs=400
+    assert removed["data/removed/max_docs"] > 0
+    assert metrics["data/docs_in"] == metrics["data/docs_kept"] + sum(removed.values())
+    stats = moe_result.data_stats
+    assert metrics["data/tokens_kept"] == stats["tokens_train"] + stats["tokens_val"]
+
+
 def test_cost_metrics_are_consistent(moe_result):
     m, cfg = moe_result.metrics, moe_result.config
     tokens = 12 * cfg.data.batch_size * cfg.data.seq_len

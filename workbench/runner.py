@@ -204,6 +204,9 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
             "config.yaml" if not resume else f"config_resume_step{resume['global_step']}.yaml",
         )
         client.log_dict(run_id, datamodule.stats, "data_stats.json")
+        if not resume:
+            for key, value in datamodule.metrics().items():
+                client.log_metric(run_id, key, value, step=0)
 
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
@@ -251,6 +254,7 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
     for key in (f"moe/{k}" for k in AGGREGATE_KEYS):
         if key in trainer.callback_metrics:
             metrics[key] = float(trainer.callback_metrics[key])
+    metrics.update(datamodule.metrics())
     metrics["model.total_params"] = float(counts["total"])
     metrics["model.active_params"] = float(counts["active"])
 

@@ -284,6 +284,22 @@ class LMDataModule(pl.LightningDataModule):
         self._ensure_built()
         return self._stats
 
+    def metrics(self) -> dict[str, float]:
+        """`data/*` metrics (README, "Metrics"): documents in = kept + the sum of `data/removed/<reason>`."""
+        st = self.stats
+        removed: dict[str, float] = {}
+        for reason, count in st.get("docs_skipped_reasons", {}).items():
+            key = f"data/removed/{reason.split(':')[-1]}"  # "code:empty_text" -> data/removed/empty_text
+            removed[key] = removed.get(key, 0.0) + count
+        if st.get("docs_capped"):
+            removed["data/removed/max_docs"] = float(st["docs_capped"])
+        return {
+            "data/docs_in": float(st["docs"] + sum(removed.values())),
+            "data/docs_kept": float(st["docs"]),
+            "data/tokens_kept": float(st["tokens_train"] + st["tokens_val"]),
+            **removed,
+        }
+
     @property
     def corpus(self):
         """The corpus ``datasets.Dataset`` (columns id, source, path, text, split)."""
