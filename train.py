@@ -88,9 +88,8 @@ def main(dcfg: DictConfig) -> dict[str, float | str | None]:
     try:
         cfg = _per_job_output_dir(to_object(dcfg))
         validate(cfg)
-        result = run(
-            cfg
-        )  # may still find bad input only the data can reveal (a missing file, an empty split)
+        # run() may still find bad input that only the data reveals (a missing file, an empty split)
+        result = run(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

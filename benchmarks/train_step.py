@@ -10,7 +10,6 @@ median of --repeats after --warmup. Prints one JSON record; `moe_over_dense` is 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import statistics
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 import workbench
 from workbench.cost.flops import flops_per_token
 from workbench.models import build_model
+from workbench.runner import resolve
 
 
 def step_times(cfg, batch_BT: torch.Tensor, warmup: int, repeats: int) -> list[float]:
@@ -59,14 +59,7 @@ def main() -> None:
     }
     medians = {}
     for name in ("quickstart_dense", "quickstart_moe"):
-        cfg = workbench.compose(name)
-        cfg = dataclasses.replace(
-            cfg,
-            model=dataclasses.replace(cfg.model, vocab_size=257),
-            moe=dataclasses.replace(
-                cfg.moe, expert_hidden=cfg.moe.expert_hidden or cfg.model.d_ff // cfg.moe.top_k
-            ),
-        )
+        cfg = resolve(workbench.compose(name), vocab_size=257)  # the byte tokenizer's vocabulary
         batch_BT = torch.randint(0, 257, (cfg.data.batch_size, cfg.data.seq_len + 1))
         times = step_times(cfg, batch_BT, args.warmup, args.repeats)
         tokens = cfg.data.batch_size * cfg.data.seq_len

@@ -122,11 +122,6 @@ class Skips:
             self.examples[reason].append(where)
 
 
-def check_data_config(cfg: DataConfig) -> None:
-    """One-line errors, naming the key, for values no data source can use (the rules live with the others)."""
-    validate_data(cfg)
-
-
 def stdlib_dir() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
@@ -463,7 +458,7 @@ def build_corpus(cfg: DataConfig, cache_root: str | Path | None = None, *, use_c
     ``cache_root`` defaults to ``resolve_path(cfg.cache_dir)``. Ordering is by a stable hash of the document id;
     ``max_docs`` keeps the first documents in that order (hub: the first rows of the split).
     """
-    check_data_config(cfg)
+    validate_data(cfg)
     root = resolve_path(cache_root if cache_root is not None else cfg.cache_dir)
     key = corpus_key(cfg)
     folder = root / "corpus" / key

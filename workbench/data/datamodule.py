@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from workbench.config.schema import DataConfig
-from workbench.config.validate import ConfigError
-from workbench.data.corpus import Corpus, atomic_dir, build_corpus, check_data_config, spec_key
+from workbench.config.validate import ConfigError, validate_data
+from workbench.data.corpus import Corpus, atomic_dir, build_corpus, spec_key
 from workbench.data.tokenizer import BPETokenizer, ByteTokenizer, build_tokenizer
 from workbench.paths import resolve_path
 
@@ -70,6 +70,7 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, seed, 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -85,7 +86,7 @@ class EpochShuffleSampler(Sampler[int]):
         g = torch.Generator()
         g.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]))
         self.epoch += 1
-        skip, self._skip = getattr(self, "_skip", 0), 0
+        skip, self._skip = self._skip, 0
         yield from torch.randperm(self.n, generator=g)[skip:].tolist()
 
 
@@ -127,7 +128,7 @@ class LMDataModule(pl.LightningDataModule):
 
     def __init__(self, cfg: DataConfig, seed: int = 0):
         super().__init__()
-        check_data_config(cfg)
+        validate_data(cfg)
         self.cfg = cfg
         self.seed = seed
         self._corpus: Corpus | None = None
