@@ -37,17 +37,19 @@ def test_forward_shapes_and_aux(ffn):
     logits, aux = model(torch.randint(0, V, (3, 16)))
     assert isinstance(model, Transformer) and isinstance(aux, ModelAux)
     assert logits.shape == (3, 16, V)
-    assert aux.aux_loss.shape == () and aux.z_loss.shape == ()
     if ffn == "dense":
-        assert aux.layers == [] and aux.aux_loss.item() == 0.0 and aux.weighted(moe_cfg()).item() == 0.0
+        assert aux.layers == [] and aux.losses == {} and aux.weighted(moe_cfg()).item() == 0.0
     else:
         assert [s.layer for s in aux.layers] == [0, 1] and all(isinstance(s, MoEStats) for s in aux.layers)
-        assert aux.aux_loss.requires_grad and not aux.layers[0].aux_loss.requires_grad  # stats are detached
+        assert set(aux.losses) == {"aux_loss", "z_loss"}
+        assert aux.losses["aux_loss"].shape == () and aux.losses["z_loss"].shape == ()
+        # live losses carry gradients, the per-layer copies kept for logging are detached
+        assert aux.losses["aux_loss"].requires_grad and not aux.layers[0].losses["aux_loss"].requires_grad
         cfg = moe_cfg(aux_loss_weight=0.01, z_loss_weight=1e-3)
-        expected = 0.01 * aux.aux_loss + 1e-3 * aux.z_loss
+        expected = 0.01 * aux.losses["aux_loss"] + 1e-3 * aux.losses["z_loss"]
         torch.testing.assert_close(aux.weighted(cfg), expected)
-        mean_aux = sum(s.aux_loss for s in aux.layers) / 2
-        torch.testing.assert_close(aux.aux_loss.detach(), mean_aux)
+        mean_aux = sum(s.losses["aux_loss"] for s in aux.layers) / 2
+        torch.testing.assert_close(aux.losses["aux_loss"].detach(), mean_aux)
 
 
 @pytest.mark.parametrize("ffn,moe", [("dense", None), ("moe", moe_cfg(dropless=True))])
@@ -121,8 +123,11 @@ def test_init_scales_experts_like_the_dense_ffn():
 def test_build_model_needs_resolved_sizes():
     with pytest.raises(ValueError, match="vocab_size"):
         build_model(ModelConfig(), MoEConfig(), PrecisionConfig())
-    with pytest.raises(ValueError, match="expert_hidden"):
-        build_model(debug_cfg("moe"), MoEConfig(expert_hidden=None), PrecisionConfig())
+    # expert_hidden=None: each expert is d_ff // top_k wide, so active FFN FLOPs equal the dense model's
+    model = build_model(
+        debug_cfg("moe"), MoEConfig(num_experts=4, top_k=2, expert_hidden=None), PrecisionConfig()
+    )
+    assert model.moe_layers()[0].experts.w1_EDF.shape == (4, D, D_FF // 2)
 
 
 @pytest.mark.parametrize("ffn", ["dense", "moe"])
@@ -146,7 +151,7 @@ def test_learns_a_fixed_batch(ffn):
 
 @pytest.mark.parametrize("ffn", ["dense", "moe"])
 def test_fp32_softmax_and_router_under_bf16_autocast(ffn):
-    precision = PrecisionConfig(policy="bf16-mixed", fp32_softmax=True, fp32_router=True)
+    precision = PrecisionConfig(policy="bf16-mixed", fp32_softmax=True)
     model = make(ffn, precision=precision)
     idx = torch.randint(0, V, (2, 16))
     with torch.autocast("cpu", dtype=torch.bfloat16):

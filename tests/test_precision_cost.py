@@ -31,7 +31,10 @@ def test_half_precision_policies_train_on_cpu(policy, debug_overrides):
     import mlflow
 
     params = mlflow.MlflowClient().get_run(result.run_id).data.params
-    assert params["precision.policy"] == policy and params["precision.fp32_router"] == "True"
+    assert params["precision.policy"] == policy and all(
+        params[f"precision.router_{stage}_dtype"] == "fp32"
+        for stage in ("param", "logits", "scores", "combine")
+    )
 
 
 def test_gpu_table_uses_the_compute_dtype_peak():

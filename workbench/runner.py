@@ -93,7 +93,7 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
     from workbench.cost.hardware import peak_flops, price_per_hour
     from workbench.data import LMDataModule
     from workbench.models import build_model
-    from workbench.models.moe.balancing import AGGREGATE_KEYS
+    from workbench.models.moe import MoEShape
     from workbench.tracking.mlflow_utils import (
         artifact_root,
         flatten,
@@ -102,6 +102,7 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
         resolve_tracking_uri,
         ui_command,
     )
+    from workbench.tracking.moe_report import log_expert_load
     from workbench.tracking.report import print_comparison
     from workbench.training.callbacks import CostMeter, CostRates
     from workbench.training.module import LMRecipe
@@ -189,6 +190,9 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
         if not cfg.model.ffn == "moe":
             params = {k: v for k, v in params.items() if not k.startswith("moe.")}
         params.update({"model.total_params": counts["total"], "model.active_params": counts["active"]})
+        if cfg.model.ffn == "moe":  # what the layers were built with, after segmentation and shared experts
+            shape = MoEShape.of(cfg.moe, cfg.model.d_ff)
+            params.update({f"moe.built.{k}": v for k, v in dataclasses.asdict(shape).items()})
         if resume:  # MLflow params are immutable: log only keys the run does not have yet
             existing = client.get_run(run_id).data.params
             params = {k: v for k, v in params.items() if k not in existing}
@@ -251,9 +255,9 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
     if train_loss is not None:
         metrics["train/loss"] = float(train_loss)
     metrics.update(meter.metrics(trainer.strategy.root_device))
-    for key in (f"moe/{k}" for k in AGGREGATE_KEYS):
-        if key in trainer.callback_metrics:
-            metrics[key] = float(trainer.callback_metrics[key])
+    for key, value in trainer.callback_metrics.items():  # the last logged routing statistics, layer means
+        if key.startswith("moe/") and not key.startswith("moe/layer"):
+            metrics[key] = float(value)
     metrics.update(datamodule.metrics())
     metrics["model.total_params"] = float(counts["total"])
     metrics["model.active_params"] = float(counts["active"])
@@ -263,6 +267,8 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
         client.log_metric(run_id, "cost/peak_mem_gb", metrics["cost/peak_mem_gb"], step=trainer.global_step)
         client.set_tag(run_id, "workbench.stop_reason", meter.stop_reason or "budget")
         client.set_tag(run_id, "workbench.checkpoint", str(last_ckpt))
+        if network.moe_layers():
+            log_expert_load(client, run_id, network, out_dir)
         summary = {k: v for k, v in metrics.items()} | {"global_step": trainer.global_step}
         client.log_dict(run_id, summary, "summary.json")
         if cfg.tracking.log_checkpoints:

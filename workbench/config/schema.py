@@ -32,22 +32,83 @@ class ModelConfig:
 
 
 @dataclass
+class RouterConfig:
+    """Which experts each token goes to, and with what weight. ``type`` picks a class in
+    ``workbench.models.moe.router``; the other fields are options, each used by the types named beside it.
+    """
+
+    # topk: token choice (GShard, Mixtral, DeepSeek); switch: top-1 with input jitter (Fedus et al. 2021);
+    # noisy_topk: learned Gaussian noise on the logits (Shazeer et al. 2017); expert_choice: each expert takes
+    # its top-C tokens (Zhou et al. 2022); hash: expert by token id (Roller et al. 2021); random: uniform.
+    type: str = "topk"
+    score: str = "softmax"  # topk/switch/noisy_topk: softmax | sigmoid (DeepSeek-V3)
+    # False: softmax over all E experts, then top-k (GShard); True: top-k on logits, softmax over the k chosen
+    # (Megatron pre_softmax=False; Shazeer 2017). Softmax scores only.
+    softmax_after_topk: bool = False
+    # Rescale each token's top-k weights to sum to 1 (Mixtral; DeepSeek-V3 for sigmoid). Without it, softmax
+    # top-2 of 8 starts with weights near 2/8 and the MoE output is ~4x smaller than the dense FFN it replaces.
+    # Ignored for top-1 softmax, where it would make the weight 1 and cut the router off from the main loss.
+    normalize_top_k: bool = True
+    route_scale: float = 1.0  # multiplies the combine weights (DeepSeek-V3 uses 2.5 with 256 experts)
+    jitter_eps: float = 0.0  # training only: router input * U(1-eps, 1+eps) (Switch uses 1e-2)
+    # Group-limited routing (DeepSeek-V2/V3): experts in num_groups contiguous groups; each token first keeps
+    # its best group_top_k groups (ranked by group_score), then picks top-k experts inside them.
+    num_groups: int = 1
+    group_top_k: int | None = None  # None: all groups
+    group_score: str = "top2_sum"  # max (DeepSeek-V2) | top2_sum (DeepSeek-V3)
+    # Auxiliary-loss-free balancing (Wang et al. 2024; DeepSeek-V3): a per-expert bias added to the scores for
+    # selection only, updated after each optimizer step by rate * sign(mean load - load). 0 turns it off.
+    bias_update_rate: float = 0.0
+    bias_update: str = "sign"  # sign (Wang et al.: better) | proportional: rate * (mean - load) / mean
+    bias_center: bool = False  # subtract the bias mean after each update (torchtitan); selection is unchanged
+    seed: int = 0  # hash and random routers: seed of the token->expert table / of eval-time draws
+
+
+@dataclass
 class MoEConfig:
-    """Mixture-of-Experts feed-forward; used by layers where ``model.ffn == "moe"``."""
+    """Mixture-of-Experts feed-forward; used by layers where ``model.ffn == "moe"``.
+
+    ``num_experts``, ``top_k`` and ``expert_hidden`` describe coarse experts; ``segmentation`` m splits each
+    into m finer ones (DeepSeekMoE): m*num_experts experts of width expert_hidden/m, m*top_k - num_shared_experts
+    routed per token, plus num_shared_experts always-on experts of the fine width. Active FFN FLOPs stay fixed.
+    """
 
     num_experts: int = 8
     top_k: int = 2
-    # Hidden width of each expert. None keeps active FFN FLOPs equal to the dense model: d_ff // top_k.
+    # Hidden width of each coarse expert. None keeps active FFN FLOPs equal to the dense model: d_ff // top_k.
     expert_hidden: int | None = None
-    # Capacity per expert C = ceil(T * top_k / num_experts * capacity_factor) (GShard / Switch eq. 3).
+    segmentation: int = 1  # fine-grained expert segmentation factor m (Dai et al. 2024, sec. 3.1)
+    num_shared_experts: int = (
+        0  # always-on experts, taken out of the m*top_k active ones (Dai et al. 2024, sec. 3.2)
+    )
+    router: RouterConfig = field(default_factory=RouterConfig)
+
+    # Capacity per expert C = ceil(T * k / E * capacity_factor) (GShard; Switch eq. 3); for expert choice each
+    # expert takes exactly C tokens, i.e. c = k * capacity_factor experts per token on average (Zhou et al. 2022).
     capacity_factor: float = 1.25
-    dropless: bool = False  # True: every assignment is computed, capacity_factor is ignored
-    # Rescale each token's top-k combine weights to sum to 1 (GShard top-2; Mixtral). Without it, top-2 of 8
-    # starts with weights near 2/8 and the MoE output is ~4x smaller than the dense FFN it replaces.
-    # Ignored for top_k=1, where it would make the weight 1 and cut the router off from the main loss (Switch).
-    normalize_top_k: bool = True
-    aux_loss_weight: float = 0.01  # Switch load-balancing loss alpha (Fedus et al. 2021, sec. 2.2)
+    eval_capacity_factor: float | None = None  # None: capacity_factor (ST-MoE raises it to 2.0 at eval)
+    drop_policy: str = (
+        "position"  # position: choice-major token order (GShard) | probs: lowest weights dropped
+    )
+    dropless: bool = False  # True: every assignment is computed, the capacity factors are ignored
+    pad_to_capacity: bool = False  # run experts on a fixed (E, C, D) buffer, empty slots zero (static shapes)
+    experts_backend: str = "auto"  # auto | loop | grouped_mm (see workbench.models.moe.experts)
+
+    # Balancing stack: every term is logged unscaled as moe/<name> and scaled as moe/<name>_scaled; weight 0 = off.
+    # Each term is 1.0 for a perfectly balanced router, so it adds exactly its weight (README, "MoE").
+    aux_loss_weight: float = (
+        0.01  # Switch load-balancing loss over the micro-batch (Fedus et al. 2021, eq. 4)
+    )
+    seq_aux_loss_weight: float = 0.0  # the same per sequence, averaged (DeepSeek-V2/V3 sequence-wise)
+    global_aux_loss_weight: float = (
+        0.0  # the same with loads summed over data-parallel ranks (Qiu et al. 2025)
+    )
     z_loss_weight: float = 0.0  # router z-loss (Zoph et al. 2022, ST-MoE eq. 5); 1e-3 is their value
+    device_loss_weight: float = 0.0  # DeepSeek-V2 device-level balance over expert groups (Dai et al. 2024)
+    device_groups: int | None = None  # groups for device_loss; None: router.num_groups
+
+    stats_every_n_steps: int | None = None  # routing statistics interval; None: trainer.log_every_n_steps
+    log_expert_loads: bool = True  # also log moe/layer<i>/load/e<j>, each expert's share of the assignments
 
 
 @dataclass
@@ -55,7 +116,14 @@ class PrecisionConfig:
     """Numeric policy. The fp32 islands apply under any policy that computes in a half type."""
 
     policy: str = "fp32"  # fp32 | bf16-mixed | fp16-mixed | bf16-true
-    fp32_router: bool = True  # router logits and softmax in fp32 (Switch "selective precision", sec. 2.4)
+    # Router dtypes, stage by stage (Switch "selective precision", sec. 2.4: a bf16 router diverged, an fp32 one
+    # did not). Each is fp32 | fp64 | bf16 | fp16 | compute (the dtype the policy computes in). param: the router
+    # weight's storage, kept even under bf16-true; logits: the projection; scores: softmax/sigmoid, top-k and
+    # losses; combine: the weights and the weighted sum of expert outputs.
+    router_param_dtype: str = "fp32"
+    router_logits_dtype: str = "fp32"
+    router_scores_dtype: str = "fp32"
+    router_combine_dtype: str = "fp32"
     fp32_softmax: bool = False  # attention scores and softmax in fp32
     fp32_loss: bool = True  # logits upcast to fp32 before the cross-entropy
 

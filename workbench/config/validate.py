@@ -22,6 +22,13 @@ SOURCES = ("embedded", "files", "hub")
 TOKENIZERS = ("byte", "bpe")
 EMBEDDED_KINDS = ("code", "prose")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+ROUTER_TYPES = ("topk", "switch", "noisy_topk", "expert_choice", "hash", "random")
+SCORES = ("softmax", "sigmoid")
+GROUP_SCORES = ("max", "top2_sum")
+BIAS_UPDATES = ("sign", "proportional")
+DROP_POLICIES = ("position", "probs")
+EXPERTS_BACKENDS = ("auto", "loop", "grouped_mm")
+ROUTER_DTYPES = ("fp32", "fp64", "bf16", "fp16", "compute")
 
 
 def _choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -41,7 +48,7 @@ def _positive(
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError on the first inconsistent value."""
-    m, moe, p, d, t, b, c = cfg.model, cfg.moe, cfg.precision, cfg.data, cfg.trainer, cfg.budget, cfg.cost
+    m, p, d, t, b, c = cfg.model, cfg.precision, cfg.data, cfg.trainer, cfg.budget, cfg.cost
 
     _choice("model.ffn", m.ffn, FFN_KINDS)
     for key in ("d_model", "n_layers", "n_heads", "d_ff", "moe_every"):
@@ -60,25 +67,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
     _positive("model.init_std", m.init_std)
 
-    _positive("moe.num_experts", moe.num_experts)
-    _positive("moe.top_k", moe.top_k)
-    if moe.top_k > moe.num_experts:
-        raise ConfigError(
-            f"moe.top_k={moe.top_k} > moe.num_experts={moe.num_experts}; top_k must be in 1..{moe.num_experts}"
-        )
-    if moe.capacity_factor <= 0:
-        raise ConfigError(
-            f"moe.capacity_factor={moe.capacity_factor} must be > 0 (use moe.dropless=true for no capacity limit)"
-        )
-    _positive("moe.expert_hidden", moe.expert_hidden, allow_none=True)
-    if moe.expert_hidden is None and m.d_ff < moe.top_k:
-        raise ConfigError(
-            f"moe.expert_hidden=null needs model.d_ff >= moe.top_k (d_ff // top_k), got d_ff={m.d_ff}"
-        )
-    _positive("moe.aux_loss_weight", moe.aux_loss_weight, allow_zero=True)
-    _positive("moe.z_loss_weight", moe.z_loss_weight, allow_zero=True)
+    if m.ffn == "moe":
+        validate_moe(cfg)
 
     _choice("precision.policy", p.policy, POLICIES)
+    for stage in ("param", "logits", "scores", "combine"):
+        _choice(f"precision.router_{stage}_dtype", getattr(p, f"router_{stage}_dtype"), ROUTER_DTYPES)
 
     validate_data(d)
 
@@ -109,6 +103,106 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"cost.hardware={c.hardware} with trainer.accelerator=cpu: MFU would use a GPU peak for a CPU run"
         )
+
+
+def validate_moe(cfg: TrainConfig) -> None:
+    """The MoE slice's rules (checked when model.ffn=moe)."""
+    m, moe, r = cfg.model, cfg.moe, cfg.moe.router
+    for key in ("num_experts", "top_k", "segmentation"):
+        _positive(f"moe.{key}", getattr(moe, key))
+    _positive("moe.num_shared_experts", moe.num_shared_experts, allow_zero=True)
+    if moe.top_k > moe.num_experts:
+        raise ConfigError(
+            f"moe.top_k={moe.top_k} > moe.num_experts={moe.num_experts}; top_k must be in 1..{moe.num_experts}"
+        )
+    _positive("moe.expert_hidden", moe.expert_hidden, allow_none=True)
+    coarse = moe.expert_hidden if moe.expert_hidden is not None else m.d_ff // moe.top_k
+    if coarse < moe.segmentation or coarse % moe.segmentation:
+        raise ConfigError(
+            f"moe.segmentation={moe.segmentation} must divide the expert width {coarse} "
+            f"(moe.expert_hidden, or model.d_ff // moe.top_k when null)"
+        )
+    routed_k = moe.top_k * moe.segmentation - moe.num_shared_experts
+    if routed_k < 1:
+        raise ConfigError(
+            f"moe.num_shared_experts={moe.num_shared_experts} leaves no routed expert: it must be < "
+            f"moe.top_k * moe.segmentation = {moe.top_k * moe.segmentation}"
+        )
+    experts = moe.num_experts * moe.segmentation
+    if moe.capacity_factor <= 0:
+        raise ConfigError(
+            f"moe.capacity_factor={moe.capacity_factor} must be > 0 (use moe.dropless=true for no capacity limit)"
+        )
+    _positive("moe.eval_capacity_factor", moe.eval_capacity_factor, allow_none=True)
+    _choice("moe.drop_policy", moe.drop_policy, DROP_POLICIES)
+    _choice("moe.experts_backend", moe.experts_backend, EXPERTS_BACKENDS)
+    for key in (
+        "aux_loss_weight",
+        "seq_aux_loss_weight",
+        "global_aux_loss_weight",
+        "z_loss_weight",
+        "device_loss_weight",
+    ):
+        _positive(f"moe.{key}", getattr(moe, key), allow_zero=True)
+    _positive("moe.stats_every_n_steps", moe.stats_every_n_steps, allow_none=True)
+
+    _choice("moe.router.type", r.type, ROUTER_TYPES)
+    _choice("moe.router.score", r.score, SCORES)
+    _choice("moe.router.group_score", r.group_score, GROUP_SCORES)
+    _choice("moe.router.bias_update", r.bias_update, BIAS_UPDATES)
+    _positive("moe.router.route_scale", r.route_scale)
+    _positive("moe.router.bias_update_rate", r.bias_update_rate, allow_zero=True)
+    if not 0 <= r.jitter_eps < 1:
+        raise ConfigError(f"moe.router.jitter_eps={r.jitter_eps} must be in [0, 1)")
+    if r.type == "switch" and routed_k != 1:
+        raise ConfigError(
+            f"moe.router.type=switch routes to 1 expert; got {routed_k} routed experts per token (moe.top_k)"
+        )
+    if r.softmax_after_topk and r.score != "softmax":
+        raise ConfigError("moe.router.softmax_after_topk=true needs moe.router.score=softmax")
+    if r.type in ("noisy_topk", "expert_choice") and r.score != "softmax":
+        raise ConfigError(
+            f"moe.router.score={r.score!r} with moe.router.type={r.type}: only softmax is allowed"
+        )
+    if r.type in ("expert_choice", "hash", "random"):
+        for key, off in (("bias_update_rate", 0.0), ("num_groups", 1), ("jitter_eps", 0.0)):
+            if getattr(r, key) != off:
+                raise ConfigError(
+                    f"moe.router.{key}={getattr(r, key)} does not apply to moe.router.type={r.type}; set it to {off}"
+                )
+    if r.type == "expert_choice":
+        if moe.dropless:
+            raise ConfigError(
+                "moe.dropless=true with moe.router.type=expert_choice: each expert always takes "
+                "C = T*top_k/E*capacity_factor tokens; set moe.dropless=false"
+            )
+        if moe.seq_aux_loss_weight > 0:
+            raise ConfigError("moe.seq_aux_loss_weight > 0 needs a token-choice router (not expert_choice)")
+    _positive("moe.router.num_groups", r.num_groups)
+    if experts % r.num_groups:
+        raise ConfigError(
+            f"moe.router.num_groups={r.num_groups} must divide the {experts} routed experts "
+            f"(moe.num_experts * moe.segmentation)"
+        )
+    if r.group_top_k is not None:
+        if not 1 <= r.group_top_k <= r.num_groups:
+            raise ConfigError(
+                f"moe.router.group_top_k={r.group_top_k} must be in 1..moe.router.num_groups={r.num_groups}"
+            )
+        if r.group_top_k * (experts // r.num_groups) < routed_k:
+            raise ConfigError(
+                f"moe.router.group_top_k={r.group_top_k} groups of {experts // r.num_groups} experts cannot hold "
+                f"the {routed_k} experts each token picks"
+            )
+    if moe.device_loss_weight > 0:
+        groups = moe.device_groups or r.num_groups
+        if groups < 2 or experts % groups:
+            raise ConfigError(
+                f"moe.device_loss_weight > 0 needs moe.device_groups (or moe.router.num_groups) >= 2 dividing "
+                f"the {experts} routed experts; got {groups}"
+            )
+    elif moe.device_groups is not None:
+        _positive("moe.device_groups", moe.device_groups)
 
 
 def validate_data(d: DataConfig) -> None:

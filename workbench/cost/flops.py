@@ -6,12 +6,16 @@ Convention (PaLM, Chowdhery et al. 2022, App. B; torchtitan for MoE):
   d_model x V; the input embedding lookup counts 0) + attention scores and weighted sum, 2 x 2 x n_layers x
   seq_len x d_model, with no discount for the causal mask.
 - Training = 3 x forward (backward = 2 x forward). Norms, RoPE, softmax and SwiGLU's elementwise ops count 0.
+- MoE layers count the routed experts each token uses (top_k after segmentation; for expert choice the average,
+  top_k * capacity_factor), the shared experts, and the router (twice for noisy top-k, whose noise has its own
+  matrix; hash and random routers have none).
 - These are model FLOPs: dropped tokens, capacity padding and recomputation are not subtracted or added.
 """
 
 from __future__ import annotations
 
 from workbench.config.schema import ModelConfig, MoEConfig
+from workbench.models.moe.shape import MoEShape
 
 TRAIN_PER_FORWARD = (
     3  # forward + backward, whose two matmuls per forward matmul (input and weight grads) cost 2x
@@ -44,12 +48,11 @@ def flops_per_token(model_cfg: ModelConfig, moe_cfg: MoEConfig, seq_len: int) ->
     macs_experts = 0
     macs_router = 0
     if n_moe:
-        if moe_cfg.expert_hidden is None:
-            raise ValueError("moe.expert_hidden is None; resolve it (d_ff // top_k) before counting FLOPs")
-        macs_experts = (
-            n_moe * moe_cfg.top_k * 3 * d * moe_cfg.expert_hidden
-        )  # only the k experts a token visits
-        macs_router = n_moe * d * moe_cfg.num_experts
+        shape = MoEShape.of(moe_cfg, model_cfg.d_ff)
+        per_token = shape.active_experts(moe_cfg) + shape.num_shared  # only the experts a token visits
+        macs_experts = n_moe * per_token * 3 * d * shape.expert_hidden
+        router_matrices = {"hash": 0, "random": 0, "noisy_topk": 2}.get(moe_cfg.router.type, 1)
+        macs_router = n_moe * d * shape.num_experts * router_matrices
     macs_attention = n_layers * 2 * seq_len * d  # PaLM App. B: 6N + 12*L*H*Q*T, no causal discount
 
     def train(macs: int) -> float:

@@ -15,38 +15,43 @@ from torch import Tensor, nn
 
 from workbench.config.schema import ModelConfig, MoEConfig, PrecisionConfig
 from workbench.models.ffn import DenseFFN
-from workbench.models.moe import MoELayer, MoEStats, expert_param_count
+from workbench.models.moe import LOSS_WEIGHTS, MoELayer, MoEStats
 
 # Parameters that write into the residual stream; GPT-2 scales their init by 1/sqrt(2 * n_layers).
-RESIDUAL_OUTPUTS = ("attn.wo.weight", "ffn.w2.weight", "ffn.experts.w2_EFD")
+RESIDUAL_OUTPUTS = ("attn.wo.weight", "ffn.w2.weight", "ffn.experts.w2_EFD", "ffn.shared.w2.weight")
 
 
 @dataclass
 class ModelAux:
     """Auxiliary outputs of a forward pass.
 
-    `aux_loss` and `z_loss` are means over MoE layers of the *unscaled* losses and carry gradients; weight
-    them with `weighted(moe_cfg)`. Both are 0 for a dense model. `layers` holds detached per-layer stats.
+    `losses` maps each balancing loss (workbench.models.moe.LOSS_WEIGHTS) to its *unscaled* mean over MoE
+    layers, with gradients; `weighted(moe_cfg)` is the term added to the training loss. Empty for a dense
+    model. `layers` holds detached per-layer stats.
     """
 
-    aux_loss: Tensor
-    z_loss: Tensor
+    losses: dict[str, Tensor] = field(default_factory=dict)
     layers: list[MoEStats] = field(default_factory=list)
 
     @classmethod
-    def collect(cls, layers: list[MoEStats], device: torch.device) -> ModelAux:
+    def collect(cls, layers: list[MoEStats]) -> ModelAux:
         if not layers:
-            zero = torch.zeros((), device=device)
-            return cls(aux_loss=zero, z_loss=zero.clone(), layers=[])
+            return cls()
+        names = [k for k in layers[0].losses if all(k in s.losses for s in layers)]
         return cls(
-            aux_loss=torch.stack([s.aux_loss for s in layers]).mean(),
-            z_loss=torch.stack([s.z_loss for s in layers]).mean(),
+            losses={k: torch.stack([s.losses[k] for s in layers]).mean() for k in names},
             layers=[s.detached() for s in layers],
         )
 
     def weighted(self, moe_cfg: MoEConfig) -> Tensor:
-        """The term added to the training loss: alpha * aux_loss + c_z * z_loss (Switch sec. 2.2; ST-MoE sec. 3.1)."""
-        return moe_cfg.aux_loss_weight * self.aux_loss + moe_cfg.z_loss_weight * self.z_loss
+        """The term added to the training loss: sum of weight * loss (Switch sec. 2.2; ST-MoE sec. 3.1;
+        DeepSeek-V2 sec. 2.2.4); 0 for a dense model."""
+        terms = [
+            getattr(moe_cfg, LOSS_WEIGHTS[k]) * v
+            for k, v in self.losses.items()
+            if getattr(moe_cfg, LOSS_WEIGHTS[k]) > 0
+        ]
+        return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 class RMSNorm(nn.Module):
@@ -125,9 +130,10 @@ class Block(nn.Module):
         self.ffn = ffn
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, MoEStats | None]:
+    def forward(self, x: Tensor, idx: Tensor) -> tuple[Tensor, MoEStats | None]:
         x = x + self.drop(self.attn(self.norm1(x)))
-        h, stats = self.ffn(self.norm2(x).flatten(0, 1))  # the FFN sees tokens, not sequences
+        # The FFN sees tokens, not sequences; the ids feed hash routing, seq_len the sequence-wise balance loss.
+        h, stats = self.ffn(self.norm2(x).flatten(0, 1), token_ids_T=idx.flatten(), seq_len=x.shape[1])
         x = x + self.drop(h.view(x.shape))
         return x, stats
 
@@ -164,7 +170,7 @@ class Transformer(nn.Module):
         if cfg.ffn not in ("dense", "moe"):
             raise ValueError(f"model.ffn={cfg.ffn!r}; expected 'dense' or 'moe'")
         if cfg.ffn == "moe" and (i + 1) % cfg.moe_every == 0:
-            return MoELayer(cfg.d_model, moe_cfg, fp32_router=precision_cfg.fp32_router, layer=i)
+            return MoELayer(cfg.d_model, moe_cfg, precision_cfg, layer=i, d_ff=cfg.d_ff)
         return DenseFFN(cfg.d_model, cfg.d_ff)
 
     def reset_parameters(self, std: float, n_layers: int) -> None:
@@ -183,21 +189,28 @@ class Transformer(nn.Module):
         x = self.drop(self.embed(idx))  # (B, T, D)
         moe_stats: list[MoEStats] = []
         for block in self.blocks:
-            x, stats = block(x)
+            x, stats = block(x, idx)
             if stats is not None:
                 moe_stats.append(stats)
         logits = self.lm_head(self.norm(x))  # (B, T, V)
-        return logits, ModelAux.collect(moe_stats, logits.device)
+        return logits, ModelAux.collect(moe_stats)
 
     def moe_layers(self) -> list[MoELayer]:
         return [m for m in self.modules() if isinstance(m, MoELayer)]
 
+    def update_router_biases(self) -> None:
+        """Apply the aux-loss-free bias update of every MoE router (after each optimizer step)."""
+        for m in self.moe_layers():
+            m.router.update_bias()
+
     def param_counts(self) -> dict[str, int]:
         """total: unique parameters (tied counted once); active: used per token; embedding: the input table."""
         total = sum(p.numel() for p in self.parameters())
-        # Each token uses k of E routed experts, so (E - k)/E of each MoE layer's expert weights sit idle.
+        # Each token uses k of E routed experts (expert choice: k * capacity_factor on average), so the rest of
+        # each MoE layer's routed expert weights sit idle for it.
         idle = sum(
-            expert_param_count(m) // m.num_experts * (m.num_experts - m.top_k) for m in self.moe_layers()
+            round(m.routed_param_count() * (1 - m.shape.active_experts(m.cfg) / m.num_experts))
+            for m in self.moe_layers()
         )
         embedding = self.embed.weight.numel()
         return {
@@ -212,6 +225,4 @@ def build_model(model_cfg: ModelConfig, moe_cfg: MoEConfig, precision_cfg: Preci
     """The network for `model_cfg`; vocab_size (and expert_hidden for MoE) must be resolved already."""
     if model_cfg.vocab_size is None:
         raise ValueError("model.vocab_size is None; set it from the tokenizer before building the model")
-    if model_cfg.ffn == "moe" and moe_cfg.expert_hidden is None:
-        raise ValueError("moe.expert_hidden is None; resolve it (d_ff // top_k) before building the model")
     return Transformer(model_cfg, moe_cfg, precision_cfg)

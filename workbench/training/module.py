@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from workbench.config.schema import MoEConfig, PrecisionConfig, TrainerConfig
 from workbench.models import aggregate_stats, per_layer_stats
+from workbench.models.moe import LOSS_WEIGHTS, max_violation
 
 LN2 = math.log(2.0)
 
@@ -43,6 +44,7 @@ class LMRecipe(pl.LightningModule):
         self.network = network
         self.tcfg = trainer_cfg
         self.moe_cfg = moe_cfg
+        self.stats_every = moe_cfg.stats_every_n_steps or trainer_cfg.log_every_n_steps
         self.fp32_loss = precision_cfg.fp32_loss
         # bytes each token stands for: bits per byte stay comparable across tokenizers
         self.register_buffer("token_bytes", token_bytes.to(torch.long), persistent=False)
@@ -66,20 +68,30 @@ class LMRecipe(pl.LightningModule):
         x_BT, y_BT = batch
         logits_BTV, aux = self.network(x_BT)
         ce = self._cross_entropy(logits_BTV, y_BT)
-        loss = ce
-        if aux.layers:
-            loss = (
-                loss + self.moe_cfg.aux_loss_weight * aux.aux_loss + self.moe_cfg.z_loss_weight * aux.z_loss
-            )
+        loss = ce + aux.weighted(self.moe_cfg).to(ce.device)
         self.log("train/loss", ce.detach(), on_step=True, prog_bar=True)
         self.log("train/total_loss", loss.detach(), on_step=True)
-        if aux.layers and self.global_step % self.tcfg.log_every_n_steps == 0:
-            stats = {f"moe/{k}": v for k, v in aggregate_stats(aux.layers).items()}
-            stats.update({f"moe/{k}": v for k, v in per_layer_stats(aux.layers).items()})
-            self.log_dict(stats, on_step=True)
+        if aux.layers and self.global_step % self.stats_every == 0:
+            self.log_dict(self.routing_metrics(aux), on_step=True)
         return loss
 
+    def routing_metrics(self, aux) -> dict[str, float]:
+        """moe/* for one training micro-batch: per-layer and mean statistics, each balancing loss unscaled and
+        scaled by its weight, and MaxVio over all routed assignments since the start (moe/max_vio_global)."""
+        stats = aggregate_stats(aux.layers)
+        for name in aux.losses:
+            stats[f"{name}_scaled"] = getattr(self.moe_cfg, LOSS_WEIGHTS[name]) * stats[name]
+        stats.update(per_layer_stats(aux.layers, expert_loads=self.moe_cfg.log_expert_loads))
+        layers = self.network.moe_layers()
+        for m in layers:
+            stats[f"layer{m.layer}/max_vio_global"] = max_violation(m.load_total_E)
+        stats["max_vio_global"] = sum(max_violation(m.load_total_E) for m in layers) / len(layers)
+        return {f"moe/{k}": v for k, v in stats.items()}
+
     def on_before_optimizer_step(self, optimizer) -> None:
+        # All micro-batches of this step have routed: the aux-loss-free biases see the whole step's load.
+        if hasattr(self.network, "update_router_biases"):
+            self.network.update_router_biases()
         if self.global_step % self.tcfg.log_every_n_steps == 0:
             grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
             if grads:

@@ -1,29 +1,63 @@
-"""Mixture-of-Experts feed-forward: router, dispatch, experts and balancing, assembled in `MoELayer`."""
+"""Mixture-of-Experts feed-forward: routers, dispatch, experts and balancing, assembled in `MoELayer`."""
 
 from workbench.models.moe.balancing import (
+    AGGREGATE_KEYS,
+    LOSS_WEIGHTS,
     MoEStats,
     aggregate_stats,
+    device_balance_loss,
+    global_load_balancing_loss,
+    max_violation,
     per_layer_stats,
     router_z_loss,
+    sequence_load_balancing_loss,
     switch_load_balancing_loss,
 )
 from workbench.models.moe.dispatch import DispatchPlan, expert_capacity, plan_dispatch
 from workbench.models.moe.experts import SwiGLUExperts
-from workbench.models.moe.layer import MoELayer, expert_param_count
-from workbench.models.moe.router import Routing, TopKRouter
+from workbench.models.moe.layer import MoELayer, expert_param_count, router_dtypes
+from workbench.models.moe.router import (
+    ROUTERS,
+    ExpertChoiceRouter,
+    HashRouter,
+    NoisyTopKRouter,
+    RandomRouter,
+    Router,
+    RouterDtypes,
+    Routing,
+    SwitchRouter,
+    TopKRouter,
+)
+from workbench.models.moe.shape import MoEShape
 
 __all__ = [
+    "AGGREGATE_KEYS",
+    "LOSS_WEIGHTS",
+    "ROUTERS",
     "DispatchPlan",
+    "ExpertChoiceRouter",
+    "HashRouter",
     "MoELayer",
+    "MoEShape",
     "MoEStats",
+    "NoisyTopKRouter",
+    "RandomRouter",
+    "Router",
+    "RouterDtypes",
     "Routing",
     "SwiGLUExperts",
+    "SwitchRouter",
     "TopKRouter",
     "aggregate_stats",
+    "device_balance_loss",
     "expert_capacity",
     "expert_param_count",
+    "global_load_balancing_loss",
+    "max_violation",
     "per_layer_stats",
     "plan_dispatch",
+    "router_dtypes",
     "router_z_loss",
+    "sequence_load_balancing_loss",
     "switch_load_balancing_loss",
 ]

@@ -1,0 +1,38 @@
+"""The routed-expert shape a MoE config builds: coarse experts split by the segmentation factor, shared ones apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workbench.config.schema import MoEConfig
+
+
+@dataclass(frozen=True)
+class MoEShape:
+    """Sizes the layer is built with (after fine-grained segmentation; Dai et al. 2024, sec. 3.1-3.2)."""
+
+    num_experts: int  # routed experts: num_experts * segmentation
+    top_k: int  # routed experts per token: top_k * segmentation - num_shared_experts
+    expert_hidden: int  # width of each routed and each shared expert: coarse width / segmentation
+    num_shared: int  # always-on experts of the same width
+
+    @classmethod
+    def of(cls, cfg: MoEConfig, d_ff: int | None = None) -> MoEShape:
+        coarse = cfg.expert_hidden
+        if coarse is None:
+            if d_ff is None:
+                raise ValueError("moe.expert_hidden is None; resolve it (d_ff // top_k) or pass d_ff")
+            coarse = d_ff // cfg.top_k
+        m = cfg.segmentation
+        return cls(
+            num_experts=cfg.num_experts * m,
+            top_k=cfg.top_k * m - cfg.num_shared_experts,
+            expert_hidden=max(1, coarse // m),
+            num_shared=cfg.num_shared_experts,
+        )
+
+    def active_experts(self, cfg: MoEConfig) -> float:
+        """Routed experts each token uses on average: k, or k * capacity_factor for expert choice."""
+        if cfg.router.type == "expert_choice":
+            return self.top_k * cfg.capacity_factor
+        return float(self.top_k)
