@@ -255,9 +255,7 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
     if train_loss is not None:
         metrics["train/loss"] = float(train_loss)
     metrics.update(meter.metrics(trainer.strategy.root_device))
-    for key, value in trainer.callback_metrics.items():  # the last logged routing statistics, layer means
-        if key.startswith("moe/") and not key.startswith("moe/layer"):
-            metrics[key] = float(value)
+    metrics.update(recipe.last_routing)  # the last logged routing statistics, means over MoE layers
     metrics.update(datamodule.metrics())
     metrics["model.total_params"] = float(counts["total"])
     metrics["model.active_params"] = float(counts["active"])

@@ -18,13 +18,19 @@ SUMMARY_ROWS: list[tuple[str, str, str]] = [
     ("cost/train_flops", "train FLOPs", "{:.3e}"),
     ("cost/tokens", "tokens", "{:,.0f}"),
     ("cost/tokens_per_s", "tokens/s", "{:,.0f}"),
+    ("cost/train_seconds", "train time (s)", "{:,.1f}"),
     ("cost/mfu", "MFU", "{:.2%}"),
     ("cost/device_hours", "device-hours", "{:.4f}"),
     ("cost/usd", "cost (USD)", "${:.4f}"),
     ("cost/peak_mem_gb", "peak memory (GB)", "{:.2f}"),
+    ("moe/max_vio", "MoE MaxVio, last batch", "{:.3f}"),
+    ("moe/max_vio_global", "MoE MaxVio, whole run", "{:.3f}"),
     ("moe/load_cv", "MoE load CV", "{:.3f}"),
     ("moe/drop_frac", "MoE dropped fraction", "{:.3%}"),
+    ("moe/router_entropy", "MoE router entropy (nats)", "{:.3f}"),
     ("moe/aux_loss", "MoE aux loss (unscaled)", "{:.4f}"),
+    ("moe/z_loss", "MoE z-loss (unscaled)", "{:.4f}"),
+    ("moe/bias_range", "MoE aux-free bias range", "{:.4f}"),
 ]
 
 

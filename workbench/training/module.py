@@ -53,6 +53,7 @@ class LMRecipe(pl.LightningModule):
         self._val_sums = torch.zeros(3, dtype=torch.float64)  # nats, tokens, bytes
         self.mlflow_run_id: str | None = None
         self.last_val: dict[str, float] = {}
+        self.last_routing: dict[str, float] = {}  # the latest moe/* layer means
 
     def forward(self, idx_BT: torch.Tensor):
         return self.network(idx_BT)
@@ -72,7 +73,10 @@ class LMRecipe(pl.LightningModule):
         self.log("train/loss", ce.detach(), on_step=True, prog_bar=True)
         self.log("train/total_loss", loss.detach(), on_step=True)
         if aux.layers and self.global_step % self.stats_every == 0:
-            self.log_dict(self.routing_metrics(aux), on_step=True)
+            routing = self.routing_metrics(aux)
+            self.log_dict(routing, on_step=True)
+            # for the run summary: a later stand-alone validate() clears the trainer's callback_metrics
+            self.last_routing = {k: v for k, v in routing.items() if not k.startswith("moe/layer")}
         return loss
 
     def routing_metrics(self, aux) -> dict[str, float]:

@@ -85,7 +85,11 @@ class Router(nn.Module):
         keep = {}
         if self.dtypes.param != "compute":
             keep.update(
-                {n: (p, DTYPES[self.dtypes.param]) for n, p in self._parameters.items() if p is not None}
+                {
+                    n: (p.detach(), DTYPES[self.dtypes.param])
+                    for n, p in self._parameters.items()
+                    if p is not None
+                }
             )
         keep.update(
             {
@@ -153,20 +157,20 @@ class TopKRouter(Router):
     def _param_dtype(self) -> torch.dtype | None:
         return None if self.dtypes.param == "compute" else DTYPES[self.dtypes.param]
 
-    def logits(self, x_TD: Tensor) -> Tensor:
+    def logits(self, x_TD: Tensor, dtype: torch.dtype) -> Tensor:
         if self.training and self.cfg.jitter_eps > 0:
             eps = self.cfg.jitter_eps  # Switch (Fedus et al. 2021), Table 11: multiplicative input jitter
             x_TD = x_TD * torch.empty_like(x_TD).uniform_(1.0 - eps, 1.0 + eps)
-        dtype = self.dtypes.of("logits", x_TD)
         return F.linear(x_TD.to(dtype), self.w_ED.to(dtype))
 
     def forward(
         self, x_TD: Tensor, token_ids_T: Tensor | None = None, capacity: int | None = None
     ) -> Routing:
-        # autocast off: it would cast the fp32 operands straight back to half.
+        # Resolve "compute" while autocast is still on; then autocast off: it would cast fp32 operands to half.
+        logits_dt, scores_dt, combine_dt = (self.dtypes.of(s, x_TD) for s in ("logits", "scores", "combine"))
         with torch.autocast(device_type=x_TD.device.type, enabled=False):
-            logits_TE = self.logits(x_TD)
-            s_TE = logits_TE.to(self.dtypes.of("scores", x_TD))
+            logits_TE = self.logits(x_TD, logits_dt)
+            s_TE = logits_TE.to(scores_dt)
             if self.cfg.score == "sigmoid":
                 scores_TE = torch.sigmoid(s_TE)  # DeepSeek-V3 eq. 15
                 probs_TE = scores_TE / scores_TE.sum(
@@ -189,7 +193,7 @@ class TopKRouter(Router):
                 weights_TK = scores_TE.gather(1, experts_TK)
                 if self.cfg.normalize_top_k and self.top_k > 1:
                     weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
-            weights_TK = (weights_TK * self.cfg.route_scale).to(self.dtypes.of("combine", x_TD))
+            weights_TK = (weights_TK * self.cfg.route_scale).to(combine_dt)
         return Routing(probs_TE, logits_TE, experts_TK, weights_TK)
 
 
@@ -211,8 +215,8 @@ class NoisyTopKRouter(TopKRouter):
         self.w_noise_ED = nn.Parameter(torch.empty(num_experts, d_model, dtype=self._param_dtype()))
         self.softmax_after_topk = True
 
-    def logits(self, x_TD: Tensor) -> Tensor:
-        clean_TE = super().logits(x_TD)
+    def logits(self, x_TD: Tensor, dtype: torch.dtype) -> Tensor:
+        clean_TE = super().logits(x_TD, dtype)
         if not self.training:
             return clean_TE
         dtype = clean_TE.dtype
@@ -235,15 +239,13 @@ class ExpertChoiceRouter(Router):
     ) -> Routing:
         if capacity is None:
             raise ValueError("expert choice needs a capacity (tokens per expert)")
+        logits_dt, scores_dt, combine_dt = (self.dtypes.of(s, x_TD) for s in ("logits", "scores", "combine"))
         with torch.autocast(device_type=x_TD.device.type, enabled=False):
-            dtype = self.dtypes.of("logits", x_TD)
-            logits_TE = F.linear(x_TD.to(dtype), self.w_ED.to(dtype))
-            scores_TE = logits_TE.to(self.dtypes.of("scores", x_TD)).softmax(
-                dim=-1
-            )  # Zhou et al. 2022, eq. 1
+            logits_TE = F.linear(x_TD.to(logits_dt), self.w_ED.to(logits_dt))
+            scores_TE = logits_TE.to(scores_dt).softmax(dim=-1)  # Zhou et al. 2022, eq. 1
             weight_EC, token_EC = scores_TE.t().topk(capacity, dim=-1)  # eq. 2: I, G = TopK(S^T, C)
             weight_EC = weight_EC * self.cfg.route_scale
-        plan = plan_expert_choice(token_EC, weight_EC.to(self.dtypes.of("combine", x_TD)))
+        plan = plan_expert_choice(token_EC, weight_EC.to(combine_dt))
         return Routing(scores_TE, logits_TE, plan=plan)
 
 
