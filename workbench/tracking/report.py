@@ -55,7 +55,11 @@ def comparison_table(columns: Mapping[str, Mapping[str, float]], title: str = "Q
 def print_comparison(
     columns: Mapping[str, Mapping[str, float]], title: str = "Quality and cost", footer: Sequence[str] = ()
 ) -> None:
-    console = Console()
+    import sys
+
+    # Piped to a log file rich would wrap at 80 columns and cut the run names; give the table room there.
+    width = min(250, max(100, 30 + sum(max(len(name), 12) + 3 for name in columns)))
+    console = Console() if sys.stdout.isatty() else Console(width=width)
     console.print(comparison_table(columns, title))
     for line in footer:
         console.print(line, highlight=False, soft_wrap=True)

@@ -107,7 +107,7 @@ def plan_expert_choice(token_EC: Tensor, weight_EC: Tensor) -> DispatchPlan:
 
 def permute(x_TD: Tensor, plan: DispatchPlan) -> Tensor:
     """x_AD: one row per kept assignment, contiguous per expert."""
-    return x_TD[plan.token_A]
+    return x_TD.index_select(0, plan.token_A)  # not x_TD[idx]: its backward is a slow accumulating scatter
 
 
 def permute_padded(x_TD: Tensor, plan: DispatchPlan, num_experts: int, capacity: int) -> Tensor:
