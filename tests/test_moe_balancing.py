@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from moe_helpers import make_layer, one_thread  # noqa: F401 (one_thread: autouse fixture)
 
-from workbench.config.schema import MoEConfig, RouterConfig
 from workbench.models.moe import (
     MoELayer,
     device_balance_loss,
@@ -29,25 +29,6 @@ WEIGHT_FIELDS = {
     "z_loss": "z_loss_weight",
 }
 SKEWS = [i / 10 for i in range(11)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors, many small ops: one intra-op thread. Two OpenMP threads on a busy 2-core machine
-    spin-wait on each op (300 bias-update steps: 0.2 s on one thread, 3-45 s on two beside a training run)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_layer(d_model: int = 8, seed: int = 0, router=None, **moe) -> MoELayer:
-    torch.manual_seed(seed)
-    layer = MoELayer(d_model, MoEConfig(router=RouterConfig(**(router or {})), **moe))
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(std=0.5)
-    return layer
 
 
 def all_weights(**on: float) -> dict[str, float]:

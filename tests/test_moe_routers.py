@@ -8,33 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from moe_helpers import make_layer, one_thread, swiglu  # noqa: F401 (one_thread: autouse fixture)
 
 from workbench.config.schema import ModelConfig, MoEConfig, PrecisionConfig, RouterConfig
 from workbench.models import build_model
 from workbench.models.moe import MoELayer, MoEShape, expert_capacity
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors, many small ops: one intra-op thread (two spin-wait on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_layer(d_model: int = 8, seed: int = 0, router=None, **moe) -> MoELayer:
-    torch.manual_seed(seed)
-    layer = MoELayer(d_model, MoEConfig(router=RouterConfig(**(router or {})), **moe))
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(std=0.5)
-    return layer
-
-
-def swiglu(x_D, w1_DF, w3_DF, w2_FD):
-    return (F.silu(x_D @ w1_DF) * (x_D @ w3_DF)) @ w2_FD
 
 
 def routed_expert(P: dict, x_D, e: int):
