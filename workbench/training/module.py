@@ -86,10 +86,9 @@ class LMRecipe(pl.LightningModule):
         for name in aux.losses:
             stats[f"{name}_scaled"] = getattr(self.moe_cfg, LOSS_WEIGHTS[name]) * stats[name]
         stats.update(per_layer_stats(aux.layers, expert_loads=self.moe_cfg.log_expert_loads))
-        layers = self.network.moe_layers()
-        for m in layers:
-            stats[f"layer{m.layer}/max_vio_global"] = max_violation(m.load_total_E)
-        stats["max_vio_global"] = sum(max_violation(m.load_total_E) for m in layers) / len(layers)
+        global_vio = {m.layer: max_violation(m.load_total_E) for m in self.network.moe_layers()}
+        stats.update({f"layer{i}/max_vio_global": v for i, v in global_vio.items()})
+        stats["max_vio_global"] = sum(global_vio.values()) / len(global_vio)
         return {f"moe/{k}": v for k, v in stats.items()}
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -15,7 +15,7 @@ from workbench.models.moe.balancing import (
 )
 from workbench.models.moe.dispatch import DispatchPlan, expert_capacity, plan_dispatch
 from workbench.models.moe.experts import SwiGLUExperts
-from workbench.models.moe.layer import MoELayer, expert_param_count, router_dtypes
+from workbench.models.moe.layer import MoELayer, router_dtypes
 from workbench.models.moe.router import (
     ROUTERS,
     ExpertChoiceRouter,
@@ -51,7 +51,6 @@ __all__ = [
     "aggregate_stats",
     "device_balance_loss",
     "expert_capacity",
-    "expert_param_count",
     "global_load_balancing_loss",
     "max_violation",
     "per_layer_stats",

@@ -159,8 +159,3 @@ class MoELayer(nn.Module):
 
     def routed_param_count(self) -> int:
         return sum(p.numel() for p in self.experts.parameters())
-
-
-def expert_param_count(layer: MoELayer) -> int:
-    """Parameters of the routed experts (router and shared experts excluded)."""
-    return layer.routed_param_count()
