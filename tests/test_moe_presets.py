@@ -159,3 +159,23 @@ def test_overrides_reach_mlflow_params_and_metrics(debug_overrides):
     loads = json.loads(Path(client.download_artifacts(result.run_id, "moe/expert_load.json")).read_text())
     assert sorted(loads) == ["layer0", "layer1"]
     assert all(len(v) == 4 and sum(v) == pytest.approx(1.0) for v in loads.values())
+
+
+def test_aux_free_bias_and_expert_loads_are_saved_in_the_checkpoint(debug_overrides):
+    import torch
+
+    cfg = workbench.compose(
+        "moe_aux_free", [*debug_overrides, "+debug=default", "budget.steps=4", "data.max_docs=60"]
+    )
+    result = workbench.run(cfg, print_summary=False)
+    state = torch.load(result.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    for layer in (0, 1):
+        bias = state[f"network.blocks.{layer}.ffn.router.bias_E"]
+        assert bias.dtype == torch.float32 and bias.abs().max() > 0  # 4 sign updates of 1e-3 moved it
+        assert (
+            abs(float(bias.abs().max()) - 4e-3) < 1e-6
+        )  # |b| <= 4 * gamma, reached by a persistently skewed expert
+        loads = state[f"network.blocks.{layer}.ffn.load_total_E"]
+        assert (
+            int(loads.sum()) == 4 * 8 * 64 * 2
+        )  # 4 steps x 8 sequences x 64 tokens x top-2, every assignment
