@@ -444,3 +444,22 @@ def test_large_batch_accounts_for_every_assignment():
     keep = expected_keep(experts_TK, None, capacity, "position")
     assert int(stats.unrouted) == sum(not any(row) for row in keep)
     assert y_TD.shape == (num_tokens, 16)
+
+
+def test_router_flip_rate_prices_a_bf16_router_in_routing_changes():
+    """bf16 logits and scores change some tokens' top-2 sets; the layer reports that share exactly."""
+    bf16 = PrecisionConfig(router_logits_dtype="bf16", router_scores_dtype="bf16")
+    low = make_layer(
+        d_model=64, seed=3, num_experts=8, top_k=2, expert_hidden=6, dropless=True, precision=bf16
+    )
+    full = make_layer(d_model=64, seed=3, num_experts=8, top_k=2, expert_hidden=6, dropless=True)
+    x_TD = torch.randn(4096, 64) * 0.1  # small logits: many near-ties for bf16 to break differently
+    routing = low.router(x_TD)
+    reference = full.router(x_TD)  # same seed, same weights, fp32 throughout
+    differs_T = (routing.experts_TK.sort(-1).values != reference.experts_TK.sort(-1).values).any(-1)
+    assert 0 < float(routing.flip_rate) < 0.5
+    assert float(routing.flip_rate) == pytest.approx(float(differs_T.float().mean()))
+    _, stats = low(x_TD)
+    assert stats.scalars()["router_flip_rate"] == pytest.approx(float(differs_T.float().mean()))
+    _, stats = full(x_TD)
+    assert reference.flip_rate is None and "router_flip_rate" not in stats.scalars()  # fp32: nothing to price

@@ -127,6 +127,7 @@ class MoEStats:
     marginal_entropy: Tensor  # () entropy of the batch-mean routing distribution, nats
     logsumexp: Tensor | None  # () mean logsumexp of the router logits (None: no logits)
     bias_range: float | None  # max - min of the aux-free bias (None: no bias)
+    router_flip_rate: Tensor | None  # share of tokens routed differently than by an fp32 router (None: fp32)
     losses: dict[str, Tensor] = field(default_factory=dict)  # unscaled balancing losses, by LOSS_WEIGHTS name
 
     def detached(self) -> MoEStats:
@@ -181,6 +182,8 @@ class MoEStats:
             out["logsumexp"] = float(self.logsumexp)
         if self.bias_range is not None:
             out["bias_range"] = self.bias_range
+        if self.router_flip_rate is not None:
+            out["router_flip_rate"] = float(self.router_flip_rate)
         return out
 
 

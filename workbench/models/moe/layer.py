@@ -154,6 +154,7 @@ class MoELayer(nn.Module):
             marginal_entropy=marginal_entropy(probs_TE),
             logsumexp=logsumexp,
             bias_range=self.router.bias_range(),
+            router_flip_rate=routing.flip_rate,
             losses=losses,
         )
 

@@ -62,6 +62,9 @@ class Routing:
     experts_TK: Tensor | None = None  # long: chosen experts, best first
     weights_TK: Tensor | None = None  # combine weights, in the combine dtype
     plan: DispatchPlan | None = None  # expert choice: the kept assignments
+    flip_rate: Tensor | None = (
+        None  # share of tokens routed differently than by an fp32 router (reduced precision)
+    )
 
 
 class Router(nn.Module):
@@ -171,22 +174,7 @@ class TopKRouter(Router):
         with torch.autocast(device_type=x_TD.device.type, enabled=False):
             logits_TE = self.logits(x_TD, logits_dt)
             s_TE = logits_TE.to(scores_dt)
-            if self.cfg.score == "sigmoid":
-                scores_TE = torch.sigmoid(s_TE)  # DeepSeek-V3 eq. 15
-                probs_TE = scores_TE / scores_TE.sum(
-                    dim=-1, keepdim=True
-                )  # DeepSeek-V3 eq. 20: P from normalised s
-                select_TE = scores_TE
-            else:
-                scores_TE = probs_TE = s_TE.softmax(dim=-1)
-                select_TE = s_TE if self.softmax_after_topk else scores_TE
-            if self.bias_rate > 0:
-                select_TE = select_TE + self.bias_E.to(select_TE.dtype)  # selection only (DeepSeek-V3 eq. 16)
-            if self.cfg.num_groups > 1:
-                select_TE = limit_groups(
-                    select_TE, self.cfg.num_groups, self.cfg.group_top_k, self.cfg.group_score
-                )
-            experts_TK = select_TE.topk(self.top_k, dim=-1).indices
+            scores_TE, probs_TE, experts_TK = self._choose(s_TE)
             if self.softmax_after_topk:
                 weights_TK = s_TE.gather(1, experts_TK).softmax(dim=-1)  # Shazeer et al. 2017, eq. 3
             else:
@@ -194,7 +182,42 @@ class TopKRouter(Router):
                 if self.cfg.normalize_top_k and self.top_k > 1:
                     weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True)
             weights_TK = (weights_TK * self.cfg.route_scale).to(combine_dt)
-        return Routing(probs_TE, logits_TE, experts_TK, weights_TK)
+            flip_rate = self._flip_rate(x_TD, experts_TK, (logits_dt, scores_dt))
+        return Routing(probs_TE, logits_TE, experts_TK, weights_TK, flip_rate=flip_rate)
+
+    def _choose(self, s_TE: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """From logits (in the scores dtype): the scores, each token's distribution over experts, and the chosen
+        experts (selection adds the aux-free bias and the group limit)."""
+        if self.cfg.score == "sigmoid":
+            scores_TE = torch.sigmoid(s_TE)  # DeepSeek-V3 eq. 15
+            probs_TE = scores_TE / scores_TE.sum(
+                dim=-1, keepdim=True
+            )  # DeepSeek-V3 eq. 20: P from normalised s
+            select_TE = scores_TE
+        else:
+            scores_TE = probs_TE = s_TE.softmax(dim=-1)
+            select_TE = s_TE if self.softmax_after_topk else scores_TE
+        if self.bias_rate > 0:
+            select_TE = select_TE + self.bias_E.to(select_TE.dtype)  # selection only (DeepSeek-V3 eq. 16)
+        if self.cfg.num_groups > 1:
+            select_TE = limit_groups(
+                select_TE, self.cfg.num_groups, self.cfg.group_top_k, self.cfg.group_score
+            )
+        return scores_TE, probs_TE, select_TE.topk(self.top_k, dim=-1).indices
+
+    @torch.no_grad()
+    def _flip_rate(self, x_TD: Tensor, experts_TK: Tensor, dtypes: tuple[torch.dtype, ...]) -> Tensor | None:
+        """Share of tokens whose set of chosen experts differs from what an all-fp32 router picks on the same
+        input: what a reduced-precision router policy costs in routing decisions. None when the router is
+        already fp32 (or wider), or when training noise makes the two draws incomparable."""
+        low = {torch.bfloat16, torch.float16}
+        if not (low & {*dtypes, self.w_ED.dtype}):
+            return None
+        if self.training and (self.cfg.jitter_eps > 0 or isinstance(self, NoisyTopKRouter)):
+            return None
+        _, _, reference_TK = self._choose(F.linear(x_TD.float(), self.w_ED.float()))
+        same_T = (experts_TK.sort(dim=-1).values == reference_TK.sort(dim=-1).values).all(dim=-1)
+        return 1.0 - same_T.float().mean()
 
 
 class SwitchRouter(TopKRouter):
