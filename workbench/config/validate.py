@@ -10,6 +10,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from workbench.config.schema import DataConfig, TrainConfig
 from workbench.cost.hardware import HARDWARE
+from workbench.models.moe.dispatch import DROP_POLICIES
+from workbench.models.moe.experts import BACKENDS
+from workbench.models.moe.router import DTYPE_CHOICES, ROUTERS
 
 
 class ConfigError(ValueError):
@@ -22,13 +25,10 @@ SOURCES = ("embedded", "files", "hub")
 TOKENIZERS = ("byte", "bpe")
 EMBEDDED_KINDS = ("code", "prose")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-ROUTER_TYPES = ("topk", "switch", "noisy_topk", "expert_choice", "hash", "random")
+ROUTER_TYPES = tuple(ROUTERS)
 SCORES = ("softmax", "sigmoid")
 GROUP_SCORES = ("max", "top2_sum")
 BIAS_UPDATES = ("sign", "proportional")
-DROP_POLICIES = ("position", "probs")
-EXPERTS_BACKENDS = ("auto", "loop", "grouped_mm")
-ROUTER_DTYPES = ("fp32", "fp64", "bf16", "fp16", "compute")
 
 
 def _choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -72,7 +72,7 @@ def validate(cfg: TrainConfig) -> None:
 
     _choice("precision.policy", p.policy, POLICIES)
     for stage in ("param", "logits", "scores", "combine"):
-        _choice(f"precision.router_{stage}_dtype", getattr(p, f"router_{stage}_dtype"), ROUTER_DTYPES)
+        _choice(f"precision.router_{stage}_dtype", getattr(p, f"router_{stage}_dtype"), DTYPE_CHOICES)
 
     validate_data(d)
 
@@ -135,7 +135,7 @@ def validate_moe(cfg: TrainConfig) -> None:
         )
     _positive("moe.eval_capacity_factor", moe.eval_capacity_factor, allow_none=True)
     _choice("moe.drop_policy", moe.drop_policy, DROP_POLICIES)
-    _choice("moe.experts_backend", moe.experts_backend, EXPERTS_BACKENDS)
+    _choice("moe.experts_backend", moe.experts_backend, BACKENDS)
     for key in (
         "aux_loss_weight",
         "seq_aux_loss_weight",

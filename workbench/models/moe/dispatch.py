@@ -32,6 +32,13 @@ from torch import Tensor
 DROP_POLICIES = ("position", "probs")
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matmuls run in here: autocast's when it is on, else the activations'."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def expert_capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
     """C = ceil(T*K/E * capacity_factor) (GShard; Switch eq. 3), at most T since an expert sees a token once."""
     # The 1e-9 stops float error from rounding e.g. 100 * 1.1 = 110.00000000000001 up to 111.

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workbench.models.moe.dispatch import compute_dtype
+
 BACKENDS = ("auto", "loop", "grouped_mm")
 
 # "auto" on CPU: grouped_mm while the hidden activations (A x F) fit in this many bytes, the loop beyond.
@@ -83,18 +85,12 @@ def swiglu_experts_grouped_mm(
 ) -> Tensor:
     """Three grouped GEMMs over all experts; no host sync. Check `grouped_mm_supports` first."""
     offsets_E = torch.cumsum(kept_E, dim=0, dtype=torch.int32)  # end row of each expert's slice
-    dtype = _compute_dtype(x_AD)  # grouped_mm is not autocast-aware: cast as autocast would for a matmul
+    dtype = compute_dtype(x_AD)  # grouped_mm is not autocast-aware: cast as autocast would for a matmul
     x_AD, w1_EDF, w3_EDF, w2_EFD = (t.to(dtype) for t in (x_AD, w1_EDF, w3_EDF, w2_EFD))
     gate_AF = F.grouped_mm(x_AD, w1_EDF, offs=offsets_E)
     up_AF = F.grouped_mm(x_AD, w3_EDF, offs=offsets_E)
     h_AF = F.silu(gate_AF) * up_AF  # FFN_SwiGLU (Shazeer 2020, GLU Variants, eq. 6)
     return _contiguous_grad(F.grouped_mm(h_AF, w2_EFD, offs=offsets_E))
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
 
 
 def grouped_mm_supports(x_AD: Tensor, hidden: int) -> bool:
@@ -104,7 +100,7 @@ def grouped_mm_supports(x_AD: Tensor, hidden: int) -> bool:
     """
     if not hasattr(F, "grouped_mm"):
         return False
-    dtype = _compute_dtype(x_AD)
+    dtype = compute_dtype(x_AD)
     if x_AD.device.type == "cpu":
         dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
     elif x_AD.device.type == "cuda":
@@ -121,7 +117,7 @@ def auto_backend(x_AD: Tensor, hidden: int) -> str:
         return "loop"
     if x_AD.device.type != "cpu":
         return "grouped_mm"
-    itemsize = torch.empty((), dtype=_compute_dtype(x_AD)).element_size()
+    itemsize = torch.empty((), dtype=compute_dtype(x_AD)).element_size()
     return "grouped_mm" if x_AD.shape[0] * hidden * itemsize <= GROUPED_MM_CPU_MAX_BYTES else "loop"
 
 

@@ -22,17 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workbench.config.schema import RouterConfig
-from workbench.models.moe.dispatch import DispatchPlan, plan_expert_choice
+from workbench.models.moe.dispatch import DispatchPlan, compute_dtype, plan_expert_choice
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_CHOICES = (*DTYPES, "compute")
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype matmuls run in here: autocast's when it is on, else the activations'."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
 
 
 @dataclass(frozen=True)
