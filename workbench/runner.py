@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,8 +84,12 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers")
 
 
-def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
-    """Train `cfg` until its budget is spent; log everything to MLflow; return the final metrics."""
+def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] = ()) -> RunResult:
+    """Train `cfg` until its budget is spent; log everything to MLflow; return the final metrics.
+
+    `callbacks` are extra Lightning callbacks (a sweep's pruning callback); one that stops training early
+    says why in its `stop_reason` attribute, which becomes the run's stop reason.
+    """
     validate(cfg)
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import MLFlowLogger
@@ -144,7 +149,8 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
 
     out_dir = resolve_path(cfg.output_dir)
     ckpt_dir = out_dir / "checkpoints"
-    callbacks: list[pl.Callback] = [meter]
+    extra_callbacks = list(callbacks)
+    callbacks = [meter, *extra_callbacks]
     if cfg.trainer.checkpoint_every_n_steps:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -250,6 +256,8 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
             )
         raise
 
+    stop_reason = next((cb.stop_reason for cb in extra_callbacks if getattr(cb, "stop_reason", None)), None)
+    stop_reason = stop_reason or meter.stop_reason
     metrics: dict[str, float] = {k: float(v) for k, v in recipe.last_val.items()}
     train_loss = trainer.callback_metrics.get("train/loss")
     if train_loss is not None:
@@ -263,7 +271,7 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
     if logger is not None:
         client, run_id = logger.experiment, logger.run_id
         client.log_metric(run_id, "cost/peak_mem_gb", metrics["cost/peak_mem_gb"], step=trainer.global_step)
-        client.set_tag(run_id, "workbench.stop_reason", meter.stop_reason or "budget")
+        client.set_tag(run_id, "workbench.stop_reason", stop_reason or "budget")
         client.set_tag(run_id, "workbench.checkpoint", str(last_ckpt))
         if network.moe_layers():
             log_expert_load(client, run_id, network, out_dir)
@@ -279,14 +287,14 @@ def run(cfg: TrainConfig, print_summary: bool = True) -> RunResult:
         run_id=logger.run_id if logger is not None else None,
         tracking_uri=tracking_uri,
         checkpoint=str(last_ckpt),
-        stop_reason=meter.stop_reason,
+        stop_reason=stop_reason,
         config=cfg,
         data_stats=dict(datamodule.stats),
     )
     if print_summary and int(os.environ.get("LOCAL_RANK", "0")) == 0:
         footer = [
             f"checkpoint: {last_ckpt}",
-            f"stopped by: {meter.stop_reason or 'budget'} at step {trainer.global_step}",
+            f"stopped by: {stop_reason or 'budget'} at step {trainer.global_step}",
         ]
         if tracking_uri:
             footer.append(f"MLflow run {result.run_id} -> {ui_command(tracking_uri)}")

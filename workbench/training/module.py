@@ -70,6 +70,8 @@ class LMRecipe(pl.LightningModule):
         logits_BTV, aux = self.network(x_BT)
         ce = self._cross_entropy(logits_BTV, y_BT)
         loss = ce + aux.weighted(self.moe_cfg).to(ce.device)
+        if not torch.isfinite(loss):  # a diverged run stops here with its reason instead of training on NaN
+            raise FloatingPointError(f"train/total_loss is {loss.item()} at step {self.global_step}")
         self.log("train/loss", ce.detach(), on_step=True, prog_bar=True)
         self.log("train/total_loss", loss.detach(), on_step=True)
         if aux.layers and self.global_step % self.stats_every == 0:

@@ -1,0 +1,458 @@
+"""Run a study: storage, sampler and pruner from the spec, one MLflow parent run, and the trial loop of each
+worker (heartbeats, stale-trial retries, an exact trial budget shared by all workers)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from workbench.config import ConfigError
+from workbench.paths import project_root, resolve_path
+from workbench.sweeps import trial as T
+from workbench.sweeps.spec import SweepSpec, grid_key, load_spec
+
+PARENT = "workbench.mlflow_parent_run_id"
+SPACE = "workbench.space"
+INTERRUPTED = "workbench.interrupted"
+
+
+# -- storage -----------------------------------------------------------------------------------------------
+
+
+def default_storages() -> tuple[str, str]:
+    root = project_root()
+    return f"sqlite:///{root / 'optuna.db'}", f"journal:{root / 'optuna-journal.log'}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """`journal:<file>` is Optuna's journal file storage (safe for several processes); anything else is an
+    SQLAlchemy URL (sqlite:///..., postgresql://...)."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = resolve_path(url[len("journal:") :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        # a longer lock timeout: the launcher polls while the worker writes
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(url)
+
+
+def _has_study(url: str, name: str) -> bool:
+    if url.startswith("journal:") and not resolve_path(url[len("journal:") :]).exists():
+        return False
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        return False
+    try:
+        return name in optuna.get_all_study_names(open_storage(url))
+    except Exception:
+        return False
+
+
+def resolve_storage(spec: SweepSpec, workers: int) -> str:
+    """The spec's storage, else SQLite in the project for one worker and a journal file for several. A study
+    that already lives in the journal file stays there, so the same command resumes it either way."""
+    if spec.storage:
+        if workers > 1 and spec.storage.startswith("sqlite"):
+            raise ConfigError(
+                f"storage={spec.storage}: SQLite is not safe for --workers {workers}; "
+                "use journal:<file> or a postgresql:// URL"
+            )
+        return spec.storage
+    sqlite, journal = default_storages()
+    if workers > 1 or _has_study(journal, spec.study_name):
+        if workers > 1 and _has_study(sqlite, spec.study_name) and not _has_study(journal, spec.study_name):
+            optuna.copy_study(
+                from_study_name=spec.study_name, from_storage=sqlite, to_storage=open_storage(journal)
+            )
+            print(f"note: study '{spec.study_name}' copied from {sqlite} to {journal} for several workers")
+        return journal
+    return sqlite
+
+
+# -- study -------------------------------------------------------------------------------------------------
+
+
+def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    s = spec.sampler
+    seed = s.seed + seed_offset
+    kw: dict[str, Any] = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
+    if s.type == "tpe":
+        conditional = any(p.when for p in spec.params)
+        # group=True: TPE models each conditional sub-space jointly instead of warning on missing params
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=conditional, **kw)
+    if s.type == "nsga2":
+        pop = {} if s.population_size is None else {"population_size": s.population_size}
+        return optuna.samplers.NSGAIISampler(seed=seed, **pop)
+    if s.type == "gp":
+        return optuna.samplers.GPSampler(seed=seed, **kw)
+    # random, and grid: grid points are enqueued; the sampler only fills what a grid point leaves open
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(p.n_startup_trials, p.n_warmup_steps, p.interval_steps)
+    if p.type == "percentile":
+        return optuna.pruners.PercentilePruner(
+            p.percentile, p.n_startup_trials, p.n_warmup_steps, p.interval_steps
+        )
+    if p.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(p.min_resource, "auto", p.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: SweepSpec, storage_url: str, seed_offset: int = 0) -> optuna.Study:
+    """Create the study, or load it to resume; refuse to mix trials of a different search space."""
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = open_storage(storage_url)
+    directions = [o.direction for o in spec.objectives]
+    n_before = 0
+    if spec.study_name in optuna.get_all_study_names(storage):
+        existing = optuna.load_study(study_name=spec.study_name, storage=storage)
+        theirs = existing.user_attrs.get(SPACE)
+        if [d.name.lower() for d in existing.directions] != directions or (
+            theirs and theirs != spec.space_fingerprint()
+        ):
+            raise ConfigError(
+                f"{spec.path}: study '{spec.study_name}' in {storage_url} was created from a different base "
+                f"config, search space or objectives; set study_name=<new name> or storage=<other>"
+            )
+        n_before = len(existing.trials)
+    # A resumed study reseeds by its size, so a seeded random sampler does not replay the configurations
+    # it has already run; several workers get distinct offsets.
+    sampler = make_sampler(spec, seed_offset + 7919 * n_before)
+    study = optuna.create_study(
+        study_name=spec.study_name,
+        storage=storage,
+        sampler=sampler,
+        pruner=make_pruner(spec),
+        directions=directions,
+        load_if_exists=True,
+    )
+    if SPACE not in study.user_attrs:
+        study.set_user_attr(SPACE, spec.space_fingerprint())
+        study.set_user_attr("workbench.spec", spec.as_dict())
+        study.set_user_attr("workbench.objectives", [o.metric for o in spec.objectives])
+    return study
+
+
+def counts(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """Finished trials as the trial budget counts them: a failure of the configuration itself counts, a trial
+    whose worker died (retried) or that was interrupted (re-run) does not."""
+    out = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0, "lost": 0}
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            out["complete"] += 1
+        elif t.state == TrialState.PRUNED:
+            out["pruned"] += 1
+        elif t.state == TrialState.RUNNING:
+            out["running"] += 1
+        elif t.state == TrialState.WAITING:
+            out["waiting"] += 1
+        elif t.state == TrialState.FAIL:
+            counted = (
+                T.REASON in t.user_attrs
+                and not t.user_attrs.get(T.STALE)
+                and not t.user_attrs.get(INTERRUPTED)
+            )
+            out["failed" if counted else "lost"] += 1
+    out["done"] = out["complete"] + out["pruned"] + out["failed"]
+    return out
+
+
+def fail_stale_trials(study: optuna.Study, spec: SweepSpec) -> list[int]:
+    """Fail every running trial without a heartbeat for `grace_s` and enqueue its retry (at most `max_retry`
+    times per configuration). Safe when several workers do it at once: only the one whose state change wins
+    enqueues the retry."""
+    storage = study._storage
+    now = time.time()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.system_attrs.get(T.HEARTBEAT)
+        last = float(beat) if beat is not None else t.datetime_start.timestamp()
+        if now - last <= spec.grace_s:
+            continue
+        reason = f"worker {t.user_attrs.get(T.WORKER, '?')} sent no heartbeat for {now - last:.0f} s (grace_s={spec.grace_s:g})"
+        try:
+            storage.set_trial_user_attr(t._trial_id, T.STALE, True)
+            storage.set_trial_user_attr(t._trial_id, T.REASON, reason)
+            won = storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except (UpdateFinishedTrialError, RuntimeError):
+            continue  # another worker (or the trial itself) finished it first
+        if won is False:
+            continue
+        failed.append(t.number)
+        history = [*t.system_attrs.get("retry_history", []), t.number]
+        if len(history) <= spec.max_retry:
+            # Like optuna's RetryHeartbeatStaleTrialCallback, without copying the dead trial's attributes.
+            study.add_trial(
+                optuna.create_trial(
+                    state=TrialState.WAITING,
+                    params=t.params,
+                    distributions=t.distributions,
+                    system_attrs={"failed_trial": history[0], "retry_history": history},
+                    user_attrs={"workbench.retry_of": t.number},
+                )
+            )
+    return failed
+
+
+def enqueue_grid(study: optuna.Study, spec: SweepSpec) -> int:
+    """Enqueue every grid point the study has not run, is not running and has not queued; returns how many."""
+    seen = {
+        grid_key(t.params)
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.FAIL or (T.REASON in t.user_attrs and not t.user_attrs.get(T.STALE))
+    }
+    added = 0
+    for point in spec.grid():
+        if grid_key(point) not in seen:
+            study.enqueue_trial(point, skip_if_exists=False)
+            added += 1
+    return added
+
+
+def trial_budget(spec: SweepSpec) -> int | None:
+    if spec.sampler.type == "grid":
+        size = len(spec.grid())
+        return size if spec.n_trials is None else min(spec.n_trials, size)
+    return spec.n_trials
+
+
+def ensure_parent_run(spec: SweepSpec, study: optuna.Study, storage_url: str) -> str | None:
+    """The study's MLflow parent run: created once, found again (and reopened) on resume."""
+    import mlflow
+
+    from workbench.config import compose
+    from workbench.tracking.mlflow_utils import flatten, git_commit, quiet_mlflow_logs, resolve_tracking_uri
+
+    base = compose(spec.experiment, list(spec.overrides))
+    if not base.tracking.enabled:
+        return None
+    quiet_mlflow_logs()
+    uri = resolve_tracking_uri(base.tracking.tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    known = study.user_attrs.get(PARENT)
+    if known:
+        try:
+            client.get_run(known)
+            client.update_run(known, status="RUNNING")
+            return known
+        except Exception:
+            pass  # the MLflow store changed since the study began: start a new parent there
+    from workbench.tracking.mlflow_utils import artifact_root
+
+    exp = client.get_experiment_by_name(base.tracking.experiment_name)
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment(base.tracking.experiment_name, artifact_location=artifact_root(uri))
+    )
+    sha, dirty = git_commit()
+    tags = {
+        "workbench.sweep": spec.study_name,
+        "workbench.experiment": f"sweep:{spec.study_name}",
+        "optuna.study": spec.study_name,
+        "optuna.storage": storage_url,
+        "workbench.spec": spec.path,
+        **({"mlflow.source.git.commit": sha, "workbench.git_dirty": str(dirty)} if sha else {}),
+    }
+    run = client.create_run(exp_id, run_name=f"sweep-{spec.study_name}", tags=tags)
+    params = flatten({k: v for k, v in spec.as_dict().items() if k not in ("params", "path", "description")})
+    params.update({f"space.{p.name}": _describe(p) for p in spec.params})
+    for k, v in params.items():
+        client.log_param(run.info.run_id, f"sweep.{k}" if not k.startswith("space.") else k, str(v)[:6000])
+    study.set_user_attr(PARENT, run.info.run_id)
+    return run.info.run_id
+
+
+def _describe(p) -> str:
+    if p.type == "categorical":
+        return f"categorical {list(p.choices)}" + (f" when {dict(p.when)}" if p.when else "")
+    scale = " log" if p.log else ""
+    step = f" step {p.step:g}" if p.step else ""
+    return f"{p.type} [{p.low:g}, {p.high:g}]{scale}{step}" + (f" when {dict(p.when)}" if p.when else "")
+
+
+# -- the trial loop ----------------------------------------------------------------------------------------
+
+
+def work(
+    spec: SweepSpec,
+    study: optuna.Study,
+    parent_run_id: str | None,
+    deadline: float | None,
+    on_trial=None,
+    worker_index: int = 0,
+) -> int:
+    """Run trials until the study holds its trial budget of finished trials (or the deadline passes);
+    returns how many this worker ran. `on_trial(frozen_trial)` is called after each."""
+    budget = trial_budget(spec)
+    out_root = str(resolve_path(f"outputs/sweeps/{spec.study_name}"))
+    ran = 0
+    while True:
+        fail_stale_trials(study, spec)
+        c = counts(study.get_trials(deepcopy=False))
+        if budget is not None and c["done"] >= budget:
+            break
+        if deadline is not None and time.time() >= deadline:
+            break
+        if budget is not None and c["done"] + c["running"] >= budget:
+            time.sleep(min(2.0, spec.heartbeat_s))  # the last trials are running elsewhere (or are stale)
+            continue
+        trial = study.ask()
+        values: dict[str, Any] = {}
+        try:
+            with T.Heartbeat(study._storage, trial._trial_id, spec.heartbeat_s):
+                outcome = T.run_trial(spec, trial, parent_run_id, out_root)
+                values = dict(trial.params)
+        except KeyboardInterrupt:
+            trial.set_user_attr(T.REASON, "interrupted (Ctrl-C); the same command re-runs it")
+            trial.set_user_attr(INTERRUPTED, True)
+            study.tell(trial, state=TrialState.FAIL)
+            T.tag_child(trial.user_attrs.get(T.RUN_ID), "FAIL", dict(trial.params))
+            raise
+        except ConfigError as exc:  # a spec mistake every trial would repeat (an unknown objective metric)
+            trial.set_user_attr(T.REASON, str(exc))
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        if outcome.state == TrialState.COMPLETE:
+            frozen = study.tell(trial, outcome.values)
+        else:
+            if outcome.pruned_at is not None:
+                trial.set_user_attr("workbench.pruned_at", outcome.pruned_at)
+            if outcome.state == TrialState.PRUNED:
+                for m in spec.tracked_metrics():
+                    if m in outcome.metrics:
+                        trial.set_user_attr(T.METRIC + m, outcome.metrics[m])
+            frozen = study.tell(trial, state=outcome.state)
+        T.tag_child(frozen.user_attrs.get(T.RUN_ID), frozen.state.name, values)
+        ran += 1
+        if on_trial is not None:
+            on_trial(frozen)
+    return ran
+
+
+# -- entry points ------------------------------------------------------------------------------------------
+
+
+def run_sweep(
+    spec_path: str | Path,
+    overrides: Sequence[str] = (),
+    workers: int = 1,
+    progress: bool = True,
+    worker_index: int | None = None,
+):
+    """Run (or resume) the study a spec describes; returns its SweepResults. The Python API of `sweep.py`."""
+    from workbench.sweeps.results import SweepResults
+    from workbench.sweeps.ui import StudyProgress, print_trial
+
+    if workers < 1:
+        raise ConfigError(f"--workers={workers} must be >= 1")
+    spec = load_spec(spec_path, overrides)
+    started = time.time()
+    deadline = started + spec.timeout_s if spec.timeout_s else None
+    if worker_index is not None:  # a worker process started by a launcher: the study and parent exist
+        study = open_study(spec, spec.storage, seed_offset=worker_index)
+        work(
+            spec,
+            study,
+            study.user_attrs.get(PARENT),
+            deadline,
+            print_trial(spec, prefix=f"[w{worker_index}] "),
+            worker_index,
+        )
+        return None
+
+    url = resolve_storage(spec, workers)
+    study = open_study(spec, url)
+    if spec.sampler.type == "grid":
+        enqueue_grid(study, spec)
+    parent = ensure_parent_run(spec, study, url)
+    budget = trial_budget(spec)
+    before = counts(study.get_trials(deepcopy=False))
+    if before["done"]:
+        print(f"resuming study '{spec.study_name}' ({url}): {before['done']} of {budget or '-'} trials done")
+    finished = False
+    try:
+        with StudyProgress(spec, study, budget, enabled=progress) as bar:
+            if workers == 1:
+                work(spec, study, parent, deadline, bar.on_trial)
+            else:
+                launch_workers(spec, spec_path, overrides, url, workers, bar)
+        finished = budget is None or counts(study.get_trials(deepcopy=False))["done"] >= budget
+    finally:
+        results = SweepResults(study, spec, storage_url=url, parent_run_id=parent)
+        results.finalize(finished=finished, elapsed_s=time.time() - started)
+    return results
+
+
+def launch_workers(spec, spec_path, overrides, url: str, workers: int, bar) -> None:
+    """Start N worker processes on the shared storage (one GPU each when there are GPUs), follow the study
+    from its storage, and wait for them. A worker's output goes to outputs/sweeps/<study>/worker<i>.log."""
+    log_dir = resolve_path(f"outputs/sweeps/{spec.study_name}")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    gpus = _gpu_ids()
+    procs = []
+    for i in range(workers):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "workbench.sweeps",
+            str(resolve_path(str(spec_path))),
+            *overrides,
+            f"storage={url}",
+            "--worker-index",
+            str(i),
+        ]
+        log = open(log_dir / f"worker{i}.log", "a")  # noqa: SIM115 - closed when the worker ends
+        procs.append(
+            (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=project_root()), log)
+        )
+    try:
+        while any(p.poll() is None for p, _ in procs):
+            bar.poll()
+            time.sleep(1.0)
+        bar.poll()
+    except KeyboardInterrupt:
+        for p, _ in procs:
+            p.terminate()
+        raise
+    finally:
+        for p, log in procs:
+            p.wait()
+            log.close()
+    for i, (p, _) in enumerate(procs):
+        if p.returncode:
+            print(f"worker {i} exited with status {p.returncode}; see {log_dir / f'worker{i}.log'}")
+
+
+def _gpu_ids() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []

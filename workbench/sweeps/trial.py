@@ -1,0 +1,330 @@
+"""One trial: suggest its parameters, compose its training config, train it (pruning on the way), and
+record the outcome in the Optuna trial and in its MLflow child run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna_integration import PyTorchLightningPruningCallback
+
+from workbench.sweeps.spec import SweepSpec, sample_overrides
+
+# Keys of trial attributes the workbench writes (user attrs are visible in optuna-dashboard).
+REASON = "workbench.fail_reason"
+HEARTBEAT = "workbench.heartbeat"
+STALE = "workbench.stale"
+WORKER = "workbench.worker"
+RUN_ID = "workbench.mlflow_run_id"
+METRIC = "metric:"  # prefix of the tracked final metrics
+STEPS = "workbench.train_steps"
+DUPLICATE = "workbench.duplicate_of"
+
+
+class StepPruning(PyTorchLightningPruningCallback):
+    """optuna-integration's Lightning pruning callback, reporting at the training step.
+
+    The stock callback reports at `current_epoch`, but workbench runs validate every N steps inside one long
+    epoch, so every report would land on step 0. Here each validation reports at `global_step`, and a pruned
+    trial stops training cleanly (`trainer.should_stop`) so its run keeps its metrics and cost so far; the
+    objective raises TrialPruned afterwards. Trials run on one device (the spec checks it), so the DDP path
+    of the parent class is not needed.
+    """
+
+    def __init__(self, trial: optuna.trial.Trial, monitor: str) -> None:
+        super().__init__(trial, monitor)
+        self.stop_reason: str | None = None
+        self.pruned_at: int | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is None:
+            raise KeyError(f"pruner.monitor={self.monitor!r} is not a validation metric of this run")
+        step = trainer.global_step
+        value = float(score)
+        if not math.isfinite(value):
+            return  # a NaN validation loss ends the trial as failed through the training-loss check
+        self._trial.report(value, step=step)
+        if self._trial.should_prune():
+            self.pruned_at = step
+            self.stop_reason = f"pruned at step {step} ({self.monitor}={value:.4f})"
+            trainer.should_stop = True
+
+
+class Heartbeat:
+    """Records `workbench.heartbeat` (wall-clock seconds) on a running trial every `interval` seconds.
+
+    Optuna's own heartbeat serves RDB storages only; journal files need one too, so the workbench keeps its
+    own for every storage. Another worker fails a trial whose heartbeat is older than the grace period.
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: float) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"heartbeat-{trial_id}")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT, time.time())
+            except Exception:  # the trial finished (or was failed by another worker) meanwhile
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT, time.time())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def suggest(spec: SweepSpec, trial: optuna.trial.Trial) -> dict[str, Any]:
+    """Suggest every parameter that is active given the ones suggested before it (conditional spaces)."""
+    values: dict[str, Any] = {}
+    for p in spec.params:
+        if not p.active(values):
+            continue
+        if p.type == "categorical":
+            values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        elif p.type == "int":
+            values[p.name] = trial.suggest_int(
+                p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log
+            )
+        else:
+            values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+    return values
+
+
+@dataclass
+class TrialOutcome:
+    state: optuna.trial.TrialState
+    values: list[float] | None
+    metrics: dict[str, float]
+    reason: str | None = None
+    pruned_at: int | None = None
+
+
+class TrialFailed(Exception):
+    """A trial ended without a result; the message is its recorded reason."""
+
+
+def run_trial(
+    spec: SweepSpec,
+    trial: optuna.trial.Trial,
+    parent_run_id: str | None,
+    out_root: str,
+) -> TrialOutcome:
+    """Train one trial's configuration (once per seed) and return its outcome. Never raises for a failed
+    run: the failure becomes the outcome with its reason, so the study goes on."""
+    from workbench.config import ConfigError, compose
+    from workbench.runner import run
+
+    values = suggest(spec, trial)
+    trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
+    if spec.reuse_duplicates:
+        # Training is deterministic for a seed, so a configuration the study has completed is not re-trained
+        # (samplers over small categorical spaces propose repeats); the trial records the earlier result.
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        twin = next((t for t in done if t.params == values), None)
+        if twin is not None:
+            trial.set_user_attr(DUPLICATE, twin.number)
+            trial.set_user_attr(STEPS, 0)
+            metrics = {
+                m: twin.user_attrs[METRIC + m]
+                for m in spec.tracked_metrics()
+                if METRIC + m in twin.user_attrs
+            }
+            for m, v in metrics.items():
+                trial.set_user_attr(METRIC + m, v)
+            return TrialOutcome(optuna.trial.TrialState.COMPLETE, list(twin.values), metrics)
+    name = f"{spec.study_name}-t{trial.number:04d}"
+    tags = {"optuna.study": spec.study_name, "optuna.trial_number": str(trial.number)}
+    seed_results: list[dict[str, float]] = []
+    steps = 0
+    trial_run_id = parent_run_id
+    seeds_parent = None
+    try:
+        base = compose(spec.experiment, sample_overrides(spec, values))
+        if spec.seeds > 1 and base.tracking.enabled:
+            seeds_parent = _open_trial_run(base, spec, trial.number, values, parent_run_id)
+            trial_run_id = seeds_parent
+        for i in range(spec.seeds):
+            seed = base.seed + i
+            suffix = f"/seed{seed}" if spec.seeds > 1 else ""
+            overrides = [
+                *sample_overrides(spec, values),
+                f"seed={seed}",
+                f"output_dir={out_root}/trial{trial.number:04d}{suffix}",
+                f"tracking.run_name={name}" + (f"-s{seed}" if spec.seeds > 1 else ""),
+                "trainer.progress_bar=false",
+            ]
+            cfg = compose(spec.experiment, overrides)
+            run_tags = {**cfg.tags, **tags, **({"mlflow.parentRunId": trial_run_id} if trial_run_id else {})}
+            cfg = dataclasses.replace(cfg, tags=run_tags)
+            # Pruning watches the first seed only: later seeds of a surviving configuration run to the end.
+            pruning = StepPruning(trial, spec.monitor) if spec.monitor and i == 0 else None
+            result = run(cfg, print_summary=False, callbacks=[pruning] if pruning else [])
+            steps += int(
+                result.metrics.get("cost/tokens", 0) // max(1, cfg.data.batch_size * cfg.data.seq_len)
+            )
+            if i == 0 and result.run_id:
+                trial.set_user_attr(RUN_ID, seeds_parent or result.run_id)
+            seed_results.append(result.metrics)
+            if pruning is not None and pruning.pruned_at is not None:
+                trial.set_user_attr(STEPS, steps)
+                _finish_seeds_parent(seeds_parent, base, seed_results, "KILLED")
+                return TrialOutcome(
+                    optuna.trial.TrialState.PRUNED,
+                    None,
+                    result.metrics,
+                    pruning.stop_reason,
+                    pruning.pruned_at,
+                )
+    except ConfigError as exc:
+        return _failed(trial, spec, values, parent_run_id, f"ConfigError: {exc}", seeds_parent, steps)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a crashed or diverged run: recorded, and the study goes on
+        return _failed(
+            trial, spec, values, parent_run_id, f"{type(exc).__name__}: {exc}", seeds_parent, steps
+        )
+
+    trial.set_user_attr(STEPS, steps)
+    metrics = _mean(seed_results)
+    missing = [m for m in spec.tracked_metrics() if m not in metrics]
+    if missing:
+        available = ", ".join(sorted(k for k in metrics if "/layer" not in k))
+        raise ConfigError(
+            f"{spec.path}: metric {missing[0]!r} is not produced by these runs; available: {available}"
+        )
+    for m in spec.tracked_metrics():
+        trial.set_user_attr(METRIC + m, metrics[m])
+    values_out = [metrics[o.metric] for o in spec.objectives]
+    _finish_seeds_parent(seeds_parent, base, seed_results, "FINISHED")
+    if not all(math.isfinite(v) for v in values_out):
+        bad = next(o.metric for o, v in zip(spec.objectives, values_out, strict=True) if not math.isfinite(v))
+        return _failed(trial, spec, values, None, f"objective {bad} is {metrics[bad]}", None, steps)
+    return TrialOutcome(optuna.trial.TrialState.COMPLETE, values_out, metrics)
+
+
+def _mean(results: list[dict[str, float]]) -> dict[str, float]:
+    """Per-metric mean over seeds, with `<metric>_std` when there are several."""
+    if len(results) == 1:
+        return dict(results[0])
+    out: dict[str, float] = {}
+    for key in results[0]:
+        vals = [r[key] for r in results if key in r]
+        out[key] = statistics.fmean(vals)
+        out[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return out
+
+
+def _failed(trial, spec, values, parent_run_id, reason, seeds_parent, steps) -> TrialOutcome:
+    trial.set_user_attr(REASON, reason[:2000])
+    trial.set_user_attr(STEPS, steps)
+    if trial.user_attrs.get(RUN_ID) is None and parent_run_id is not None:
+        # No training run was created (the config failed before it): still leave a child run with the reason.
+        run_id = _failure_run(spec, trial.number, values, parent_run_id, reason)
+        if run_id:
+            trial.set_user_attr(RUN_ID, run_id)
+    if seeds_parent:
+        _terminate(seeds_parent, "FAILED", reason)
+    return TrialOutcome(optuna.trial.TrialState.FAIL, None, {}, reason)
+
+
+def _client():
+    import mlflow
+
+    from workbench.tracking.mlflow_utils import resolve_tracking_uri
+
+    return mlflow.MlflowClient(tracking_uri=resolve_tracking_uri())
+
+
+def _open_trial_run(
+    cfg, spec: SweepSpec, number: int, values: dict[str, Any], parent_run_id: str | None
+) -> str:
+    """With several seeds, a trial is its own run (child of the study) and each seed's run nests under it."""
+    client = _client()
+    exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment_name)
+    tags = {
+        "optuna.study": spec.study_name,
+        "optuna.trial_number": str(number),
+        "workbench.experiment": cfg.name,
+    }
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, run_name=f"{spec.study_name}-t{number:04d}", tags=tags)
+    for k, v in values.items():
+        client.log_param(run.info.run_id, f"trial.{k}", v)
+    client.log_param(run.info.run_id, "trial.seeds", spec.seeds)
+    return run.info.run_id
+
+
+def _finish_seeds_parent(run_id: str | None, cfg, results: list[dict[str, float]], status: str) -> None:
+    if not run_id:
+        return
+    client = _client()
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in _mean(results).items() if math.isfinite(v)]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i : i + 500])
+    client.set_terminated(run_id, status)
+
+
+def _failure_run(spec: SweepSpec, number: int, values: dict[str, Any], parent_run_id: str, reason: str):
+    try:
+        client = _client()
+        parent = client.get_run(parent_run_id)
+        run = client.create_run(
+            parent.info.experiment_id,
+            run_name=f"{spec.study_name}-t{number:04d}",
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                "optuna.study": spec.study_name,
+                "optuna.trial_number": str(number),
+                "workbench.failure_reason": reason[:5000],
+            },
+        )
+        for k, v in values.items():
+            client.log_param(run.info.run_id, f"trial.{k}", v)
+        client.set_terminated(run.info.run_id, "FAILED")
+        return run.info.run_id
+    except Exception:
+        return None
+
+
+def _terminate(run_id: str, status: str, reason: str | None = None) -> None:
+    client = _client()
+    if reason:
+        client.set_tag(run_id, "workbench.failure_reason", reason[:5000])
+    client.set_terminated(run_id, status)
+
+
+def tag_child(run_id: str | None, state: str, values: dict[str, Any]) -> None:
+    """Mark the trial's MLflow run with its Optuna state and its searched parameters."""
+    if not run_id:
+        return
+    try:
+        client = _client()
+        client.set_tag(run_id, "optuna.state", state)
+        existing = client.get_run(run_id).data.params
+        for k, v in values.items():
+            if f"trial.{k}" not in existing:
+                client.log_param(run_id, f"trial.{k}", v)
+    except Exception:
+        pass  # tracking is best effort here; the Optuna storage holds the outcome
