@@ -6,13 +6,14 @@ Python API (the same configs as `python train.py`):
     cfg = workbench.compose("moe_debug", ["budget.steps=50"])
     result = workbench.run(cfg)          # trains, logs to MLflow, returns final metrics
     df = workbench.runs()                # every finished run as a DataFrame
+    res = workbench.sweep("sweeps/capacity_factor.yaml", ["n_trials=4"])   # an Optuna study; res.pareto
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["compose", "run", "runs", "ConfigError"]
+__all__ = ["compose", "run", "runs", "sweep", "sweep_results", "ConfigError"]
 
 
 def __getattr__(name: str):
@@ -29,4 +30,12 @@ def __getattr__(name: str):
         from workbench.tracking.query import runs
 
         return runs
+    if name == "sweep":
+        from workbench.sweeps.study import run_sweep
+
+        return run_sweep
+    if name == "sweep_results":
+        from workbench.sweeps.results import SweepResults
+
+        return SweepResults.load
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")

@@ -129,8 +129,9 @@ class SweepSpec:
 
     @property
     def monitor(self) -> str | None:
-        """The validation metric the pruner watches, or None when this study does not prune."""
-        if self.pruner.type == "none":
+        """The validation metric reported at every validation (the learning curves in Optuna's plots and the
+        pruner's input); None for multi-objective studies, which Optuna does not let report."""
+        if self.multi_objective:
             return None
         if self.pruner.monitor:
             return self.pruner.monitor

@@ -235,8 +235,10 @@ def _failed(trial, spec, values, parent_run_id, reason, seeds_parent, steps) -> 
     trial.set_user_attr(REASON, reason[:2000])
     trial.set_user_attr(STEPS, steps)
     if trial.user_attrs.get(RUN_ID) is None and parent_run_id is not None:
-        # No training run was created (the config failed before it): still leave a child run with the reason.
-        run_id = _failure_run(spec, trial.number, values, parent_run_id, reason)
+        # The training run (marked FAILED by the runner) if one was created; else a child run with the reason.
+        run_id = _existing_child(spec, trial.number, parent_run_id) or _failure_run(
+            spec, trial.number, values, parent_run_id, reason
+        )
         if run_id:
             trial.set_user_attr(RUN_ID, run_id)
     if seeds_parent:
@@ -284,6 +286,20 @@ def _finish_seeds_parent(run_id: str | None, cfg, results: list[dict[str, float]
     for i in range(0, len(metrics), 500):
         client.log_batch(run_id, metrics=metrics[i : i + 500])
     client.set_terminated(run_id, status)
+
+
+def _existing_child(spec: SweepSpec, number: int, parent_run_id: str) -> str | None:
+    try:
+        client = _client()
+        parent = client.get_run(parent_run_id)
+        found = client.search_runs(
+            [parent.info.experiment_id],
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`optuna.trial_number` = '{number}'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
+    except Exception:
+        return None
 
 
 def _failure_run(spec: SweepSpec, number: int, values: dict[str, Any], parent_run_id: str, reason: str):
