@@ -358,8 +358,12 @@ def run_sweep(
     workers: int = 1,
     progress: bool = True,
     worker_index: int | None = None,
+    quiet: bool = False,
 ):
-    """Run (or resume) the study a spec describes; returns its SweepResults. The Python API of `sweep.py`."""
+    """Run (or resume) the study a spec describes; returns its SweepResults. The Python API of `sweep.py`.
+
+    `progress=False` drops the bar but keeps a line per trial and the final table; `quiet=True` prints nothing.
+    """
     from workbench.sweeps.results import SweepResults
     from workbench.sweeps.ui import StudyProgress, print_trial
 
@@ -387,11 +391,11 @@ def run_sweep(
     parent = ensure_parent_run(spec, study, url)
     budget = trial_budget(spec)
     before = counts(study.get_trials(deepcopy=False))
-    if before["done"]:
+    if before["done"] and not quiet:
         print(f"resuming study '{spec.study_name}' ({url}): {before['done']} of {budget or '-'} trials done")
     finished = False
     try:
-        with StudyProgress(spec, study, budget, enabled=progress) as bar:
+        with StudyProgress(spec, study, budget, enabled=progress and not quiet, lines=not quiet) as bar:
             if workers == 1:
                 work(spec, study, parent, deadline, bar.on_trial)
             else:
@@ -399,7 +403,7 @@ def run_sweep(
         finished = budget is None or counts(study.get_trials(deepcopy=False))["done"] >= budget
     finally:
         results = SweepResults(study, spec, storage_url=url, parent_run_id=parent)
-        results.finalize(finished=finished, elapsed_s=time.time() - started)
+        results.finalize(finished=finished, elapsed_s=time.time() - started, print_table=not quiet)
     return results
 
 

@@ -46,8 +46,15 @@ def print_trial(spec: SweepSpec, prefix: str = ""):
 class StudyProgress:
     """A rich progress bar over the study's trial budget, fed from the storage (so it follows every worker)."""
 
-    def __init__(self, spec: SweepSpec, study: optuna.Study, budget: int | None, enabled: bool = True):
-        self.spec, self.study, self.budget, self.enabled = spec, study, budget, enabled
+    def __init__(
+        self,
+        spec: SweepSpec,
+        study: optuna.Study,
+        budget: int | None,
+        enabled: bool = True,
+        lines: bool = True,
+    ):
+        self.spec, self.study, self.budget, self.enabled, self.lines = spec, study, budget, enabled, lines
         self.console = _console()
         self.seen: set[int] = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
         self.progress = Progress(
@@ -85,7 +92,8 @@ class StudyProgress:
         for t in trials:
             if t.state.is_finished() and t.number not in self.seen:
                 self.seen.add(t.number)
-                self.console.print(trial_line(self.spec, t), highlight=False, soft_wrap=True)
+                if self.lines:
+                    self.console.print(trial_line(self.spec, t), highlight=False, soft_wrap=True)
         if self.task is not None:
             self.progress.update(self.task, completed=counts(trials)["done"], best=self._best(trials))
 
