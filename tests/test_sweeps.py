@@ -342,7 +342,7 @@ def test_killed_worker_trial_is_retried_and_the_study_completes(tmp_path, sweep_
         "kill",
         n_trials=3,
         heartbeat_s=1,
-        grace_s=4,
+        grace_s=6,
         overrides=["budget.steps=150", "trainer.val_every_n_steps=50"],
     )
     launcher = subprocess.Popen(

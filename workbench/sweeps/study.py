@@ -317,36 +317,50 @@ def work(
             time.sleep(min(2.0, spec.heartbeat_s))  # the last trials are running elsewhere (or are stale)
             continue
         trial = study.ask()
-        values: dict[str, Any] = {}
         try:
-            with T.Heartbeat(study._storage, trial._trial_id, spec.heartbeat_s):
-                outcome = T.run_trial(spec, trial, parent_run_id, out_root)
-                values = dict(trial.params)
-        except KeyboardInterrupt:
-            trial.set_user_attr(T.REASON, "interrupted (Ctrl-C); the same command re-runs it")
-            trial.set_user_attr(INTERRUPTED, True)
-            study.tell(trial, state=TrialState.FAIL)
-            T.tag_child(trial.user_attrs.get(T.RUN_ID), "FAIL", dict(trial.params))
-            raise
-        except ConfigError as exc:  # a spec mistake every trial would repeat (an unknown objective metric)
-            trial.set_user_attr(T.REASON, str(exc))
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        if outcome.state == TrialState.COMPLETE:
-            frozen = study.tell(trial, outcome.values)
-        else:
-            if outcome.pruned_at is not None:
-                trial.set_user_attr("workbench.pruned_at", outcome.pruned_at)
-            if outcome.state == TrialState.PRUNED:
-                for m in spec.tracked_metrics():
-                    if m in outcome.metrics:
-                        trial.set_user_attr(T.METRIC + m, outcome.metrics[m])
-            frozen = study.tell(trial, state=outcome.state)
-        T.tag_child(frozen.user_attrs.get(T.RUN_ID), frozen.state.name, values)
+            frozen = _run_and_tell(spec, study, trial, parent_run_id, out_root)
+        except UpdateFinishedTrialError:
+            # Another worker declared this trial dead (no heartbeat for grace_s: a suspended machine, a very
+            # long pause) and queued its retry; this result is dropped rather than counted twice.
+            print(
+                f"note: trial {trial.number} was failed as stale by another worker; its retry counts instead"
+            )
+            continue
         ran += 1
         if on_trial is not None:
             on_trial(frozen)
     return ran
+
+
+def _run_and_tell(spec, study, trial, parent_run_id, out_root) -> optuna.trial.FrozenTrial:
+    """Train one trial and record its outcome (state, values, reason) in the study and its MLflow run."""
+    values: dict[str, Any] = {}
+    try:
+        with T.Heartbeat(study._storage, trial._trial_id, spec.heartbeat_s):
+            outcome = T.run_trial(spec, trial, parent_run_id, out_root)
+            values = dict(trial.params)
+    except KeyboardInterrupt:
+        trial.set_user_attr(T.REASON, "interrupted (Ctrl-C); the same command re-runs it")
+        trial.set_user_attr(INTERRUPTED, True)
+        study.tell(trial, state=TrialState.FAIL)
+        T.tag_child(trial.user_attrs.get(T.RUN_ID), "FAIL", dict(trial.params))
+        raise
+    except ConfigError as exc:  # a spec mistake every trial would repeat (an unknown objective metric)
+        trial.set_user_attr(T.REASON, str(exc))
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    if outcome.state == TrialState.COMPLETE:
+        frozen = study.tell(trial, outcome.values)
+    else:
+        if outcome.pruned_at is not None:
+            trial.set_user_attr("workbench.pruned_at", outcome.pruned_at)
+        if outcome.state == TrialState.PRUNED:
+            for m in spec.tracked_metrics():
+                if m in outcome.metrics:
+                    trial.set_user_attr(T.METRIC + m, outcome.metrics[m])
+        frozen = study.tell(trial, state=outcome.state)
+    T.tag_child(frozen.user_attrs.get(T.RUN_ID), frozen.state.name, values)
+    return frozen
 
 
 # -- entry points ------------------------------------------------------------------------------------------
