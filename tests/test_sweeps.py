@@ -396,3 +396,13 @@ def test_results_api_plots(tmp_path, sweep_env):
     with pytest.raises(ValueError, match="plot kind 'nope'"):
         res.plot("nope")
     assert set(itertools.chain(res.param_importances())) == {"trainer.lr"}
+
+
+@pytest.mark.parametrize("value", [None, True, 0.001, 3, "sigmoid", "a b", "x,y", "it's", "[1]", [1, 2]])
+def test_override_values_round_trip_through_hydra(value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from workbench.sweeps.spec import override_value
+
+    parsed = OverridesParser.create().parse_overrides([f"key={override_value(value)}"])[0].value()
+    assert parsed == value

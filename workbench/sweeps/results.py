@@ -187,7 +187,7 @@ class SweepResults:
         )
         if self.storage_url:
             console.print(
-                f"storage: {self.storage_url}  (optuna-dashboard {self.storage_url.replace('journal:', '')})",
+                f"storage: {self.storage_url}  (browse: pip install optuna-dashboard; optuna-dashboard {self.storage_url.replace('journal:', '')})",
                 highlight=False,
                 soft_wrap=True,
             )

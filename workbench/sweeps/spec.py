@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +180,10 @@ def override_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ",".join(override_value(v) for v in value) + "]"
-    return str(value)
+    text = str(value)
+    if re.fullmatch(r"[\w./:+@-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"  # quoted: spaces, commas, brackets
 
 
 # -- parsing -----------------------------------------------------------------------------------------------
@@ -317,10 +321,13 @@ def _when(path: str, key: str, raw: Any, earlier: Mapping[str, Param]) -> dict[s
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """tree["sampler"]["type"] = value for "sampler.type" (creating or replacing non-mapping levels)."""
     node = tree
     parts = dotted.split(".")
     for part in parts[:-1]:
-        node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else node
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
     node[parts[-1]] = value
 
 
