@@ -406,3 +406,19 @@ def test_override_values_round_trip_through_hydra(value):
 
     parsed = OverridesParser.create().parse_overrides([f"key={override_value(value)}"])[0].value()
     assert parsed == value
+
+
+def test_seeds_average_and_nest_under_the_trial_run(tmp_path, sweep_env, tracking_uri):
+    path = write_spec(tmp_path, "seeds", params={"trainer.lr": {"choices": [3e-3]}}, n_trials=1, seeds=2)
+    res = run_sweep(path, sweep_env, quiet=True)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    (trial_run,) = _children(tracking_uri, res.parent_run_id)
+    seed_runs = client.search_runs(
+        [trial_run.info.experiment_id], f"tags.mlflow.parentRunId = '{trial_run.info.run_id}'"
+    )
+    bpb = sorted(r.data.metrics["val/bpb"] for r in seed_runs)
+    assert len(bpb) == 2 and bpb[0] != bpb[1]  # two seeds, two different runs
+    assert trial_run.data.metrics["val/bpb"] == pytest.approx(sum(bpb) / 2)
+    assert res.trials["val/bpb"].iloc[0] == pytest.approx(sum(bpb) / 2)
+    assert trial_run.data.metrics["val/bpb_std"] > 0
+    assert res.trials["train_steps"].iloc[0] == 40
