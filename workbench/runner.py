@@ -72,6 +72,19 @@ def _read_resume_state(ckpt_path: str) -> dict[str, Any]:
     return {"path": str(path), "global_step": ckpt.get("global_step", 0), **ckpt.get("workbench", {})}
 
 
+def mixture_report_text(datamodule) -> str:
+    """The data report as the console prints it, for the run's artifacts."""
+    import io
+
+    from rich.console import Console
+
+    from workbench.data.report import render
+
+    buf = io.StringIO()
+    render(datamodule.mixture_report, datamodule.stats.get("mixture"), Console(file=buf, width=160))
+    return buf.getvalue()
+
+
 def _quiet_lightning() -> None:
     """Keep the console to the progress bar and the summary: Lightning's INFO lines (device banners, tips,
     "max_steps reached") repeat what the summary says, and under Hydra they print twice."""
@@ -166,6 +179,11 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
         )
 
     config_tree = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    # A checkpoint loads without the MLflow store (workbench.data.teacher): the resolved config and tokenizer.
+    recipe.checkpoint_meta = {
+        "config": config_tree,
+        "tokenizer_dir": str(datamodule.tokenizer.save(out_dir / "tokenizer")),
+    }
     logger = None
     tracking_uri = None
     if cfg.tracking.enabled:
@@ -214,6 +232,9 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
             "config.yaml" if not resume else f"config_resume_step{resume['global_step']}.yaml",
         )
         client.log_dict(run_id, datamodule.stats, "data_stats.json")
+        if datamodule.mixture_report is not None:
+            client.log_dict(run_id, datamodule.mixture_report, "data/report.json")
+            client.log_text(run_id, mixture_report_text(datamodule), "data/report.txt")
         if not resume:
             for key, value in datamodule.metrics().items():
                 client.log_metric(run_id, key, value, step=0)

@@ -129,10 +129,55 @@ class PrecisionConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One named source of a data mixture (`data.source=mixture`)."""
+
+    name: str = MISSING
+    # embedded | files | hub (as data.source) | synthetic (verified procedural tasks) | inject (copies and junk
+    # derived from another source) | teacher (samples of trained workbench checkpoints)
+    kind: str = "embedded"
+    weight: float | None = None  # share of the mixture's training tokens (before temperature); None: its size
+    embedded_kinds: list[str] = field(default_factory=lambda: ["code", "prose"])
+    include_tests: bool = False
+    paths: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    hub_id: str | None = None
+    hub_config: str | None = None
+    hub_split: str = "train"
+    hub_streaming: bool = False
+    max_docs: int | None = None
+    generator: str | None = None  # synthetic: arithmetic | sorting | string
+    docs: int = 1000  # synthetic / inject / teacher: documents to make
+    base: str | None = None  # inject: the source whose documents are copied and corrupted
+    checkpoints: list[str] = field(default_factory=list)  # teacher: one per generation, oldest first
+    mode: str = "replace"  # teacher: replace (last generation only) | accumulate (every generation)
+    params: dict[str, Any] = field(default_factory=dict)  # generator / inject / teacher settings
+    seed: int = 0
+    filter: bool = True  # false: this source bypasses the filters (a trusted or held-out source)
+
+
+@dataclass
+class MixtureConfig:
+    """Sources, filters and token-based mixing (README "Data mixtures")."""
+
+    sources: list[SourceConfig] = field(default_factory=list)
+    # Applied in order to every source with filter=true; each is {type: <filter>, <threshold>: value, ...}.
+    filters: list[dict[str, Any]] = field(default_factory=list)
+    tokens: int | None = None  # exact training tokens of the mixture; None: every kept training token once
+    temperature: float = 1.0  # p_source ~ weight^(1/T): T > 1 flattens towards uniform (XLM, Conneau et al.)
+    validation: list[str] = field(default_factory=list)  # held-out set: these sources' unfiltered validation
+    # split; empty: every source's validation split after filtering
+    workers: int = 1  # processes computing signals (results are identical for any number)
+    max_doc_bytes: int = 10_000_000  # larger documents are dropped as input:too_large before any filter
+    samples_per_rule: int = 3  # dropped documents shown per rule in the report
+    chunk_docs: int = 256  # documents per signal task
+
+
+@dataclass
 class DataConfig:
     """Where documents come from, how they are split, tokenized and packed."""
 
-    source: str = "embedded"  # embedded | files | hub
+    source: str = "embedded"  # embedded | files | hub | mixture (several sources, filtered and mixed)
     # embedded: which Python-shipped corpora to include ("code": stdlib source, "prose": pydoc topics + docstrings)
     embedded_kinds: list[str] = field(default_factory=lambda: ["code", "prose"])
     include_tests: bool = False  # embedded: also the stdlib's own test suites (several times larger)
@@ -153,6 +198,7 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 0
     cache_dir: str = ".cache/workbench"
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)  # data.source=mixture
 
 
 @dataclass

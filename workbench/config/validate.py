@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 POLICIES = ("fp32", "bf16-mixed", "fp16-mixed", "bf16-true")
 FFN_KINDS = ("dense", "moe")
-SOURCES = ("embedded", "files", "hub")
+SOURCES = ("embedded", "files", "hub", "mixture")
 TOKENIZERS = ("byte", "bpe")
 EMBEDDED_KINDS = ("code", "prose")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")

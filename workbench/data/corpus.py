@@ -392,7 +392,9 @@ def _collect_documents(cfg: DataConfig, cache_root: Path, skips: Skips) -> tuple
     return hub_documents(cfg, skips), Counter(), 0
 
 
-def _build(cfg: DataConfig, cache_root: Path) -> tuple[datasets.Dataset, dict[str, Any]]:
+def _build(
+    cfg: DataConfig, cache_root: Path, require_splits: bool = True
+) -> tuple[datasets.Dataset, dict[str, Any]]:
     start = time.perf_counter()
     skips = Skips()
     docs, excluded, unread = _collect_documents(cfg, cache_root, skips)
@@ -409,12 +411,12 @@ def _build(cfg: DataConfig, cache_root: Path) -> tuple[datasets.Dataset, dict[st
             f"data.source={cfg.source}: the corpus is empty (skipped: {dict(skips.counts) or 'none'}); add documents"
         )
     splits = [assign_split(d.group or d.id, cfg.val_fraction, cfg.split_salt) for d in docs]
-    if "validation" not in splits:
+    if require_splits and "validation" not in splits:
         raise ConfigError(
             f"data.val_fraction={cfg.val_fraction}: the validation split is empty ({len(docs)} documents); "
             "raise it or add documents"
         )
-    if "train" not in splits:
+    if require_splits and "train" not in splits:
         raise ConfigError(
             f"data.val_fraction={cfg.val_fraction}: the training split is empty ({len(docs)} documents); "
             "lower it or add documents"
@@ -452,11 +454,18 @@ def _build(cfg: DataConfig, cache_root: Path) -> tuple[datasets.Dataset, dict[st
 _SIZE_KEYS = ("docs_train", "docs_val", "bytes_train", "bytes_val")
 
 
-def build_corpus(cfg: DataConfig, cache_root: str | Path | None = None, *, use_cache: bool = True) -> Corpus:
+def build_corpus(
+    cfg: DataConfig,
+    cache_root: str | Path | None = None,
+    *,
+    use_cache: bool = True,
+    require_splits: bool = True,
+) -> Corpus:
     """Build the corpus ``cfg`` describes, or load it from ``<cache_root>/corpus/<key>/``.
 
     ``cache_root`` defaults to ``resolve_path(cfg.cache_dir)``. Ordering is by a stable hash of the document id;
     ``max_docs`` keeps the first documents in that order (hub: the first rows of the split).
+    ``require_splits=False`` (a source of a mixture) accepts a corpus with an empty train or validation split.
     """
     validate_data(cfg)
     root = resolve_path(cache_root if cache_root is not None else cfg.cache_dir)
@@ -469,7 +478,7 @@ def build_corpus(cfg: DataConfig, cache_root: str | Path | None = None, *, use_c
         return Corpus(dataset, key, stats, folder, from_cache=True)
 
     log.info("corpus %s: building from data.source=%s ...", key[:12], cfg.source)
-    dataset, stats = _build(cfg, root)
+    dataset, stats = _build(cfg, root, require_splits)
     stats["corpus_key"] = key
     log.info(
         "corpus %s: %d documents (%d train / %d validation, %.1f MB), %d skipped, built in %.1fs",

@@ -137,6 +137,7 @@ class LMDataModule(pl.LightningDataModule):
         self._val: PackedRows | None = None
         self._stats: dict[str, Any] = {}
         self._token_bytes: torch.Tensor | None = None
+        self._mixture_report: dict[str, Any] | None = None
 
     # -------------------------------------------------------------------------------------------- building
 
@@ -151,7 +152,14 @@ class LMDataModule(pl.LightningDataModule):
             return
         cfg = self.cfg
         cache_root = resolve_path(cfg.cache_dir)
-        corpus = build_corpus(cfg, cache_root)
+        self._mixture_report = None
+        if cfg.source == "mixture":
+            from workbench.data.mixture import build_mixture
+
+            mix = build_mixture(cfg, cache_root)
+            corpus, self._mixture_report = mix.corpus, mix.report
+        else:
+            corpus = build_corpus(cfg, cache_root)
         columns: dict[str, list[str]] = {}
 
         def texts_of(split: str) -> list[str]:
@@ -161,12 +169,14 @@ class LMDataModule(pl.LightningDataModule):
             return [t for t, s in zip(columns["text"], columns["split"], strict=True) if s == split]
 
         tokenizer = build_tokenizer(cfg, lambda: texts_of("train"), cache_root, corpus.key)
+        self._corpus_for_mixing = corpus.dataset
         packed_key = spec_key(
             {
                 "format": PACKED_FORMAT,
                 "corpus": corpus.key,
                 "tokenizer": tokenizer.spec(),
                 "seq_len": cfg.seq_len,
+                **(self._mixing_spec() if self._mixture_report is not None else {}),
             }
         )
         folder = cache_root / "packed" / packed_key
@@ -201,10 +211,13 @@ class LMDataModule(pl.LightningDataModule):
         start = time.perf_counter()
         for split, suffix in SPLITS.items():
             texts = texts_of(split)
-            with tqdm(
-                total=len(texts), desc=f"tokenize {split}", unit="doc", disable=None, leave=False
-            ) as bar:
-                tokens = tokenizer.encode_stream(texts, dtype=dtype, progress=bar.update)
+            if split == "train" and self._mixture_report is not None:
+                tokens = self._mix_train_tokens(tokenizer, dtype, meta)
+            else:
+                with tqdm(
+                    total=len(texts), desc=f"tokenize {split}", unit="doc", disable=None, leave=False
+                ) as bar:
+                    tokens = tokenizer.encode_stream(texts, dtype=dtype, progress=bar.update)
             rows = pack_rows(tokens, seq_len)
             np.save(folder / f"{split}.npy", rows)
             meta[f"tokens_{suffix}"] = len(tokens)
@@ -219,6 +232,33 @@ class LMDataModule(pl.LightningDataModule):
             meta["pack_seconds"],
         )
         return meta
+
+    def _mixing_spec(self) -> dict[str, Any]:
+        m = self.cfg.mixture
+        return {
+            "mixture_tokens": m.tokens,
+            "temperature": m.temperature,
+            "weights": {s.name: s.weight for s in m.sources},
+            "seed": self.seed,
+        }
+
+    def _mix_train_tokens(self, tokenizer, dtype, meta: dict[str, Any]) -> np.ndarray:
+        """The training stream of a mixture: each source's quota of tokens (README "Data mixtures")."""
+        from workbench.data.mixture import mixture_tokens, plan_mixture
+
+        ds = self._corpus_for_mixing
+        by_source: dict[str, list[str]] = {}
+        for text, source, split in zip(ds["text"], ds["source"], ds["split"], strict=True):
+            if split == "train":
+                by_source.setdefault(source, []).append(text)
+        encoded = {name: tokenizer.encode_batch(texts) for name, texts in by_source.items()}
+        plan = plan_mixture(self.cfg.mixture, {n: sum(len(t) + 1 for t in e) for n, e in encoded.items()})
+        tokens, used = mixture_tokens(encoded, plan, self.seed, tokenizer.eos_id, dtype)
+        meta["mixture"] = {
+            name: {**used[name], "share": plan[name]["share"], "available": plan[name]["available"]}
+            for name in plan
+        }
+        return tokens
 
     def _check_sizes(self) -> None:
         cfg, s = self.cfg, self._stats
@@ -288,6 +328,12 @@ class LMDataModule(pl.LightningDataModule):
     def metrics(self) -> dict[str, float]:
         """`data/*` metrics (README, "Metrics"): documents in = kept + the sum of `data/removed/<reason>`."""
         st = self.stats
+        if self._mixture_report is not None:
+            from workbench.data.report import report_metrics
+
+            out = report_metrics(self._mixture_report, st.get("mixture"))
+            out["data/tokens_kept"] = float(st["tokens_train"] + st["tokens_val"])
+            return out
         removed: dict[str, float] = {}
         for reason, count in st.get("docs_skipped_reasons", {}).items():
             key = f"data/removed/{reason.split(':')[-1]}"  # "code:empty_text" -> data/removed/empty_text
@@ -300,6 +346,12 @@ class LMDataModule(pl.LightningDataModule):
             "data/tokens_kept": float(st["tokens_train"] + st["tokens_val"]),
             **removed,
         }
+
+    @property
+    def mixture_report(self) -> dict[str, Any] | None:
+        """The data report of a mixture (`data.source=mixture`), else None."""
+        self._ensure_built()
+        return self._mixture_report
 
     @property
     def corpus(self):

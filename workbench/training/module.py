@@ -54,6 +54,7 @@ class LMRecipe(pl.LightningModule):
         self.mlflow_run_id: str | None = None
         self.last_val: dict[str, float] = {}
         self.last_routing: dict[str, float] = {}  # the latest moe/* layer means
+        self.checkpoint_meta: dict = {}  # extra entries for checkpoint["workbench"] (the runner sets them)
 
     def forward(self, idx_BT: torch.Tensor):
         return self.network(idx_BT)
@@ -152,4 +153,8 @@ class LMRecipe(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["workbench"] = {"mlflow_run_id": self.mlflow_run_id, "schedule_steps": self.schedule_steps}
+        checkpoint["workbench"] = {
+            "mlflow_run_id": self.mlflow_run_id,
+            "schedule_steps": self.schedule_steps,
+            **self.checkpoint_meta,
+        }
