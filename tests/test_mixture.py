@@ -63,11 +63,9 @@ def bad_files(tmp_path) -> list[str]:
 
 
 def data_cfg(data_cache, sources, filters=(), **mixture):
-    cfg = compose(
-        "dense_debug", [f"data.cache_dir={data_cache}", "data.source=mixture", "data.max_docs=null"]
-    ).data
+    cfg = compose("dense_debug", [f"data.cache_dir={data_cache}", "data.max_docs=null"]).data
     m = MixtureConfig(sources=list(sources), filters=[dict(f) for f in filters], **mixture)
-    return dataclasses.replace(cfg, mixture=m)
+    return dataclasses.replace(cfg, source="mixture", mixture=m)
 
 
 def test_bad_input_becomes_named_drops_with_exact_accounting(data_cache, bad_files):
@@ -249,3 +247,41 @@ def test_report_cli_prints_tables(data_cache):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "data mixture: sources" in proc.stdout and "documents in" in proc.stdout
+
+
+def test_every_filter_kind_gives_identical_output_for_one_and_two_workers(data_cache, tmp_path):
+    sources = [
+        SourceConfig(name="code", embedded_kinds=["code"], max_docs=80, weight=0),  # prose filters empty it
+        SourceConfig(name="prose", embedded_kinds=["prose"], max_docs=200),
+        SourceConfig(name="arith", kind="synthetic", generator="arithmetic", docs=40, filter=False),
+        SourceConfig(name="dirt", kind="inject", base="code", docs=60, weight=0),
+    ]
+    filters = [
+        {"type": "charset"},
+        {"type": "code"},
+        {"type": "gopher_quality", "min_words": 20},
+        {"type": "gopher_repetition"},
+        {"type": "c4"},
+        {"type": "fineweb"},
+        {"type": "toxicity", "words_file": str(ROOT / "tests/fixtures/toxic_words.txt")},
+        {"type": "exact_dedup"},
+        {"type": "line_dedup"},
+        {"type": "minhash", "verify": True},
+        {"type": "quality_classifier", "positive": ["prose"], "negative": ["dirt"], "epochs": 2},
+    ]
+    runs = []
+    for workers, cache in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        cfg = dataclasses.replace(
+            data_cfg(data_cache, sources, filters, workers=workers, chunk_docs=16, validation=["prose"]),
+            cache_dir=str(cache),
+        )
+        runs.append(build_mixture(cfg, progress=False))
+    one, two = runs
+    assert one.report["signal_tasks_computed"] == two.report["signal_tasks_computed"] == 11 * 3
+    assert one.corpus.dataset["id"] == two.corpus.dataset["id"]
+    assert {k: v["docs_removed_first"] for k, v in one.report["rules"].items()} == {
+        k: v["docs_removed_first"] for k, v in two.report["rules"].items()
+    }
+    dirt = one.report["sources"]["dirt"]
+    assert dirt["docs_in"] == 60 and dirt["docs_in"] == dirt["docs_kept"] + sum(dirt["removed"].values())
+    assert any(r.startswith("exact_dedup:") or r.startswith("minhash:") for r in dirt["removed"])

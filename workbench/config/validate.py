@@ -227,6 +227,10 @@ def validate_data(d: DataConfig) -> None:
     _positive("data.batch_size", d.batch_size)
     _positive("data.max_docs", d.max_docs, allow_none=True)
     _positive("data.num_workers", d.num_workers, allow_zero=True)
+    if d.source == "mixture":
+        from workbench.data.mixture import validate_mixture  # the filters' own checks, before any work
+
+        validate_mixture(d)
     if d.tokenizer == "bpe" and d.bpe_vocab_size <= 257:
         raise ConfigError(
             f"data.bpe_vocab_size={d.bpe_vocab_size} must be > 257 (256 byte symbols + end-of-text)"

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -189,40 +190,89 @@ def load_source(
         if corpus.stats.get("docs_capped"):
             drops["input:max_docs"] += corpus.stats["docs_capped"]
     else:
-        try:
-            if src.kind == "synthetic":
-                from workbench.data.synthetic import generate
-
-                docs = generate(src.generator, src.docs, src.seed, dict(src.params), source=src.name)
-            elif src.kind == "inject":
-                from workbench.data.synthetic import inject
-
-                base = loaded[src.base]
-                base_docs = [
-                    Doc(i_, base.name, p, t)
-                    for i_, p, t, s in zip(base.ids, base.paths, base.texts, base.splits, strict=True)
-                    if s == "train"  # copies of held-out documents in training would contaminate validation
-                ]
-                docs = _inject_docs(inject(base_docs, src.docs, src.seed, dict(src.params)), src.name)
-            else:
-                from workbench.data.teacher import teacher_generations
-
-                out = teacher_generations(
-                    [str(resolve_path(c)) for c in src.checkpoints],
-                    src.docs,
-                    src.seed,
-                    src.mode,
-                    dict(src.params),
-                )
-                docs = out[0] if isinstance(out, tuple) else out
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-        docs = [dataclasses.replace(doc, id=f"{src.name}/{doc.id}", source=src.name) for doc in docs]
+        docs = _generated(i, src, d, cache_root, loaded)
         splits = (
             ["train"] * len(docs)
             if src.kind == "inject"
             else [assign_split(doc.id, d.val_fraction, d.split_salt) for doc in docs]
         )
+    return _admit(src, d, docs, splits, drops)
+
+
+def _generated(
+    i: int, src: SourceConfig, d: DataConfig, cache_root: Path, loaded: dict[str, SourceDocs]
+) -> list[Doc]:
+    """Documents of a synthetic, inject or teacher source, cached under `<cache>/generated/` keyed by the
+    source's settings and what it derives from (the base source's content, the checkpoints' files)."""
+    where = _where(i, src)
+    spec = {
+        "kind": src.kind,
+        "generator": src.generator,
+        "docs": src.docs,
+        "seed": src.seed,
+        "params": src.params,
+    }
+    if src.kind == "inject":
+        spec["base"] = loaded[src.base].content_key()
+    if src.kind == "teacher":
+        spec |= {"mode": src.mode, "checkpoints": [_file_key(c) for c in src.checkpoints]}
+    path = cache_root / "generated" / f"{spec_key({'name': src.name, **spec})}.jsonl"
+    if path.is_file():
+        with open(path) as f:
+            return [Doc(**json.loads(line)) for line in f]
+    docs = _generate(where, src, d, loaded)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{time.monotonic_ns()}")
+    with open(tmp, "w") as f:
+        for doc in docs:
+            f.write(json.dumps(dataclasses.asdict(doc)) + "\n")
+    tmp.replace(path)
+    return docs
+
+
+def _file_key(checkpoint: str) -> dict[str, Any]:
+    p = resolve_path(checkpoint)
+    st = p.stat() if p.is_file() else None
+    return {"path": str(p), "size": st.st_size if st else None, "mtime_ns": st.st_mtime_ns if st else None}
+
+
+def _generate(where: str, src: SourceConfig, d: DataConfig, loaded: dict[str, SourceDocs]) -> list[Doc]:
+    """Make a synthetic, inject or teacher source's documents (ids prefixed with the source name)."""
+    try:
+        if src.kind == "synthetic":
+            from workbench.data.synthetic import generate
+
+            docs = generate(src.generator, src.docs, src.seed, dict(src.params), source=src.name)
+        elif src.kind == "inject":
+            from workbench.data.synthetic import inject
+
+            base = loaded[src.base]
+            base_docs = [
+                Doc(i_, base.name, p, t)
+                for i_, p, t, s in zip(base.ids, base.paths, base.texts, base.splits, strict=True)
+                if s == "train"  # copies of held-out documents in training would contaminate validation
+            ]
+            docs = list(inject(base_docs, src.docs, src.seed, dict(src.params)))
+        else:
+            from workbench.data.teacher import teacher_generations
+
+            out = teacher_generations(
+                [str(resolve_path(c)) for c in src.checkpoints],
+                src.docs,
+                src.seed,
+                src.mode,
+                dict(src.params),
+            )
+            docs = list(out)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    return [dataclasses.replace(doc, id=f"{src.name}/{doc.id}", source=src.name) for doc in docs]
+
+
+def _admit(
+    src: SourceConfig, d: DataConfig, docs: list[Doc], splits: list[str], drops: Counter
+) -> SourceDocs:
+    """Keep the documents the pipeline can take; name the rest (input:<reason>)."""
     out = SourceDocs(src.name, [], [], [], [], drops)
     for doc, split in zip(docs, splits, strict=True):
         reason = _input_problem(doc.text, d.mixture.max_doc_bytes)
@@ -237,10 +287,6 @@ def load_source(
         out.texts.append(doc.text)
         out.splits.append(split)
     return out
-
-
-def _inject_docs(result: Any, name: str) -> list[Doc]:
-    return list(result[0] if isinstance(result, tuple) else result)
 
 
 def _input_problem(text: str, max_bytes: int) -> str:
@@ -319,6 +365,37 @@ def take(columns: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarra
         else:
             out[key] = arr[idx]
     return out
+
+
+def prepare(filt: Filter, source_texts, content: dict[str, str], root: Path) -> None:
+    """Run `filt.prepare`, or restore its state from `<cache>/prepared/` when the sources it learns from and its
+    signal settings are unchanged (a threshold sweep never retrains the quality classifier)."""
+    names = filt.training_sources()
+    if not names:
+        filt.prepare(source_texts)
+        return
+    for name in names:
+        if name not in content:
+            raise ValueError(
+                f"it learns from source {name!r}, which is not in the mixture ({', '.join(content)})"
+            )
+    key = spec_key(
+        {
+            "filter": filt.name,
+            "version": filt.version,
+            **{k: getattr(filt.params, k) for k in filt.signal_keys},
+            "sources": {n: content[n] for n in names},
+        }
+    )
+    path = root / "prepared" / f"{key}.pkl"
+    if path.is_file():
+        filt.__dict__.update(pickle.loads(path.read_bytes()))  # our own cache, written below
+        return
+    filt.prepare(source_texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{time.monotonic_ns()}")
+    tmp.write_bytes(pickle.dumps({k: v for k, v in filt.__dict__.items() if k not in ("params", "label")}))
+    tmp.replace(path)
 
 
 # -- the pipeline -----------------------------------------------------------------------------------------
@@ -403,7 +480,7 @@ def build_mixture(
         for filt in filters:
             start = time.perf_counter()
             try:
-                filt.prepare(source_texts)
+                prepare(filt, source_texts, content, root)
             except ValueError as exc:
                 raise ConfigError(f"data.mixture.filters ({filt.label}): {exc}") from exc
             parts = []

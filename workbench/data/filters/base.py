@@ -78,6 +78,11 @@ class Filter:
         """Called once before `signals`; a filter that learns (the quality classifier) trains here on the texts
         of the sources its parameters name. `source_texts(name)` returns a source's training-split texts."""
 
+    def training_sources(self) -> list[str]:
+        """Sources `prepare` learns from; the pipeline caches the prepared state keyed by their contents and
+        `signal_keys`, so a rerun with new thresholds does not train again."""
+        return []
+
     def describe(self) -> list[str]:
         """Lines for the report next to this filter's counts (e.g. the MinHash detection-probability curve)."""
         return []

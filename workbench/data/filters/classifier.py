@@ -415,6 +415,9 @@ class QualityClassifier(Filter):
             "train_metrics": evaluate(self.model, train["positive"], train["negative"]),
         }
 
+    def training_sources(self) -> list[str]:
+        return [*self.params.positive, *self.params.negative]
+
     def extra_signal_spec(self) -> dict[str, Any]:
         """The training data's digest and the trained weights' digest (None before `prepare`: a key computed
         then, like the mixture's, must cover the sources' contents itself)."""
