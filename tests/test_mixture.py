@@ -228,25 +228,56 @@ def test_training_on_a_mixture_records_data_metrics_and_report(data_cache, debug
     assert arts == {"data/report.json", "data/report.txt"}
 
 
-def test_report_cli_prints_tables(data_cache):
+def test_every_filter_kind_composes_reports_and_trains_from_the_cli(data_cache, tmp_path, tracking_uri):
+    """conf/data/mixture_all_filters.yaml: the report CLI (exact accounting), then train.py on it into MLflow."""
+    import mlflow
+
+    common = ["+experiment=dense_debug", f"data.cache_dir={data_cache}", "data=mixture_all_filters"]
+    report_json = tmp_path / "report.json"
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "workbench.data",
-            "+experiment=dense_debug",
-            f"data.cache_dir={data_cache}",
-            "data.source=mixture",
-            "data.mixture.sources=[{name: prose, embedded_kinds: [prose], max_docs: 100}]",
+            *common,
             "report",
             "--no-progress",
+            "--json",
+            str(report_json),
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "data mixture: sources" in proc.stdout and "documents in" in proc.stdout
+    assert "data mixture: sources" in proc.stdout and "minhash: detection probability" in proc.stdout
+    report = json.loads(report_json.read_text())
+    from workbench.data.filters import REGISTRY
+    from workbench.data.filters.base import _load_builtin_filters
+
+    _load_builtin_filters()
+    assert set(report["filters"]) == {k for k in REGISTRY if not k.startswith("test_")}
+    for s in report["sources"].values():
+        assert s["docs_in"] == s["docs_kept"] + sum(s["removed"].values())
+    assert report["sources"]["dirt"]["docs_kept"] == 0
+    train = subprocess.run(
+        [sys.executable, "train.py", *common, "budget.steps=5", f"output_dir={tmp_path / 'out'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert train.returncode == 0, train.stderr[-2000:]
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("workbench").experiment_id])
+    m = run.data.metrics
+    assert m["data/docs_in"] == report["docs_in"] and m["data/docs_kept"] == report["docs_kept"]
+    assert (
+        sum(m[f"data/source/{n}/train_tokens"] for n in ("code", "prose", "arithmetic", "sorting")) == 400000
+    )
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "data")} == {
+        "data/report.json",
+        "data/report.txt",
+    }
 
 
 def test_every_filter_kind_gives_identical_output_for_one_and_two_workers(data_cache, tmp_path):
