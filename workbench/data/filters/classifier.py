@@ -279,6 +279,20 @@ def _as_names(value: Any) -> Any:
         return value
 
 
+_HYPER = (
+    "ngram_max",
+    "num_features",
+    "binary",
+    "sign_hash",
+    "l2",
+    "epochs",
+    "lr",
+    "batch_size",
+    "seed",
+    "class_balance",
+)
+
+
 @register
 class QualityClassifier(Filter):
     """Keep documents that look like the `positive` sources rather than the `negative` ones (GPT-3 App. A)."""
@@ -352,21 +366,7 @@ class QualityClassifier(Filter):
 
     # everything that changes the trained weights, hence the scores (mode/threshold/pareto_alpha only decide;
     # seed also seeds the Pareto draws, but it retrains, so it is a signal key)
-    signal_keys = (
-        "positive",
-        "negative",
-        "ngram_max",
-        "num_features",
-        "binary",
-        "sign_hash",
-        "l2",
-        "epochs",
-        "lr",
-        "batch_size",
-        "seed",
-        "max_train_docs_per_class",
-        "class_balance",
-    )
+    signal_keys = ("positive", "negative", "max_train_docs_per_class", *_HYPER)  # what training depends on
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
@@ -472,20 +472,6 @@ class QualityClassifier(Filter):
                 f"s=1: {k[0]:.3f}, s=0.9: {k[1]:.3f}, s=0.5: {k[2]:.3f}, s=0: {k[3]:.4f}"
             )
         return lines
-
-
-_HYPER = (
-    "ngram_max",
-    "num_features",
-    "binary",
-    "sign_hash",
-    "l2",
-    "epochs",
-    "lr",
-    "batch_size",
-    "seed",
-    "class_balance",
-)
 
 
 def _fmt(x: float) -> str:
