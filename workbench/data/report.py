@@ -94,3 +94,29 @@ def report_metrics(report: dict[str, Any], mixing: dict[str, Any] | None = None)
             out[f"data/source/{name}/train_tokens"] = float(mixing[name]["tokens"])
             out[f"data/source/{name}/epochs"] = float(mixing[name]["epochs"])
     return out
+
+
+def sources_frame(report: dict[str, Any]):
+    """The per-source accounting as a pandas DataFrame (one row per source)."""
+    import pandas as pd
+
+    rows = [
+        {
+            "source": name,
+            **{k: v for k, v in s.items() if not isinstance(v, dict)},
+            "removed": sum(s["removed"].values()),
+        }
+        for name, s in report["sources"].items()
+    ]
+    return pd.DataFrame(rows).set_index("source")
+
+
+def rules_frame(report: dict[str, Any]):
+    """The per-rule table as a pandas DataFrame: docs and tokens removed as first rule, docs flagged at all."""
+    import pandas as pd
+
+    rows = [
+        {"rule": rule, "filter": rule.split(":")[0], **{k: v for k, v in r.items() if k != "samples"}}
+        for rule, r in report["rules"].items()
+    ]
+    return pd.DataFrame(rows).set_index("rule")
