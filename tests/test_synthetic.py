@@ -356,3 +356,37 @@ def test_teacher_errors_name_what_is_wrong(checkpoint, tmp_path):
     torch.save({"state_dict": {}, "workbench": {"mlflow_run_id": None}}, old)
     with pytest.raises(ValueError, match="has no workbench config"):
         sample_documents(str(old), 2, seed=0)
+
+
+def test_teacher_source_in_a_mixture_accumulates_generations(checkpoint, data_cache, tmp_path):
+    """A teacher source through the whole pipeline: samples of two generations, tagged, filtered, counted."""
+    import dataclasses
+
+    from workbench.config.schema import MixtureConfig, SourceConfig
+    from workbench.data.mixture import build_mixture
+
+    data = workbench.compose("dense_debug", [f"data.cache_dir={tmp_path}", "data.max_docs=null"]).data
+    params = {"max_new_tokens": 64, "min_chars": 1, "max_repeat": 1.0}
+    sources = [
+        SourceConfig(name="prose", embedded_kinds=["prose"], max_docs=100),
+        SourceConfig(
+            name="teacher",
+            kind="teacher",
+            checkpoints=[checkpoint, checkpoint],
+            mode="accumulate",
+            docs=3,
+            params=params,
+        ),
+    ]
+    mix = dataclasses.replace(
+        data,
+        source="mixture",
+        mixture=MixtureConfig(sources=sources, filters=[{"type": "exact_dedup"}], validation=["prose"]),
+    )
+    report = build_mixture(mix, progress=False).report
+    teacher = report["sources"]["teacher"]
+    assert teacher["docs_in"] == 6  # 3 samples from each of the two generations
+    assert teacher["docs_in"] == teacher["docs_kept"] + sum(teacher["removed"].values())
+    ds = build_mixture(mix, progress=False).corpus.dataset
+    paths = sorted({p for p, s in zip(ds["path"], ds["source"], strict=True) if s == "teacher"})
+    assert set(paths) <= {"synthetic:teacher:gen1", "synthetic:teacher:gen2"}
