@@ -38,4 +38,4 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root file://$(CURDIR)/mlartifacts
 
 clean:
-	rm -rf outputs .cache mlflow.db mlartifacts
+	rm -rf outputs .cache mlflow.db mlartifacts optuna.db optuna-journal.log
