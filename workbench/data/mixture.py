@@ -519,7 +519,7 @@ def build_mixture(
             ids=[ids[k] for k in idx],
             sources=list(src_of[idx]),
             texts=lambda sub, idx=idx: texts_at([int(idx[j]) for j in sub]),
-            columns={k: v for k, v in take(all_cols, rows).items()} if filt.corpus_level else {},
+            columns=take(all_cols, rows) if filt.corpus_level else {},
         )
         reasons = np.asarray(filt.decide(take(columns_by_filter[filt.label], rows), ctx), dtype=object)
         full = np.full(n, "", dtype=object)

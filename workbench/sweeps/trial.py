@@ -116,10 +116,6 @@ class TrialOutcome:
     pruned_at: int | None = None
 
 
-class TrialFailed(Exception):
-    """A trial ended without a result; the message is its recorded reason."""
-
-
 def run_trial(
     spec: SweepSpec,
     trial: optuna.trial.Trial,

@@ -163,11 +163,6 @@ def ragged(
     return {f"{name}.flat": flat.astype(dtype, copy=False), f"{name}.offsets": offsets}
 
 
-def unragged(columns: Mapping[str, np.ndarray], name: str) -> list[np.ndarray]:
-    flat, offsets = columns[f"{name}.flat"], columns[f"{name}.offsets"]
-    return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
-
-
 def concat_columns(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Join signal columns of consecutive document batches (ragged offsets are shifted)."""
     if not parts:
@@ -183,7 +178,3 @@ def concat_columns(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nd
         else:
             out[key] = np.concatenate([p[key] for p in parts])
     return out
-
-
-def keep_mask(reasons: np.ndarray) -> np.ndarray:
-    return reasons == ""
