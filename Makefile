@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python train.py -m +experiment=quickstart_dense,quickstart_moe
 
-# The default suite (slow and GPU tests excluded), ruff, and the notebooks on tiny settings.
+# The default suite (slow and GPU tests excluded), ruff, the import layers, and the notebooks on tiny settings.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow and not gpu" --durations=10 tests
 	mkdir -p .cache
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.cache/notebook-tests.db $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks
@@ -32,7 +33,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root file://$(CURDIR)/mlartifacts

@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
-from workbench.config.validate import ConfigError
+from workbench.config import ConfigError
 from workbench.data.filters import base
 from workbench.data.filters import classifier as qc
 from workbench.data.filters.base import REGISTRY, DecideContext, build_filter, concat_columns

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench.config import ConfigError, compose
-from workbench.paths import conf_dir
+from workbench.config import ConfigError, conf_dir
+from workbench.preflight import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ["model", "moe", "precision", "data", "trainer", "budget", "cost", "tracking"]

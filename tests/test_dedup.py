@@ -401,7 +401,7 @@ def test_minhash_params_check():
 
 def test_build_filter_reports_bad_minhash_params():
     pytest.importorskip("workbench.data.filters.heuristics")
-    from workbench.config.validate import ConfigError
+    from workbench.config import ConfigError
     from workbench.data.filters.base import build_filter
 
     assert isinstance(build_filter({"type": "minhash", "keep": "longest"}), MinHashDedup)

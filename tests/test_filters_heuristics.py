@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench.config.validate import ConfigError
+from workbench.config import ConfigError
 from workbench.data.filters import heuristics as H
 from workbench.data.filters.base import REGISTRY, DecideContext, Filter, build_filter, concat_columns
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench.config import ConfigError, compose
+from workbench.config import ConfigError
 from workbench.config.schema import MixtureConfig, SourceConfig
 from workbench.data.filters.base import DecideContext, Filter, register
 from workbench.data.mixture import build_mixture, mixture_tokens, plan_mixture
+from workbench.preflight import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 

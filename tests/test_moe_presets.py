@@ -14,9 +14,9 @@ import mlflow
 import pytest
 
 import workbench
-from workbench.config import compose
+from workbench.config import conf_dir
 from workbench.models.moe import MoEShape
-from workbench.paths import conf_dir
+from workbench.preflight import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.stem for p in (conf_dir() / "experiment").glob("moe_*.yaml") if p.stem != "moe_debug")

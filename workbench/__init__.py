@@ -18,10 +18,14 @@ __all__ = ["compose", "run", "runs", "sweep", "sweep_results", "ConfigError"]
 
 def __getattr__(name: str):
     # Lazy: `import workbench` stays cheap; Lightning is imported only when a run starts.
-    if name in ("compose", "ConfigError"):
-        from workbench import config
+    if name == "compose":
+        from workbench.preflight import compose
 
-        return getattr(config, name)
+        return compose
+    if name == "ConfigError":
+        from workbench.config import ConfigError
+
+        return ConfigError
     if name == "run":
         from workbench.runner import run
 

@@ -25,7 +25,3 @@ def resolve_path(path: str | os.PathLike) -> Path:
     """An absolute path, with relative ones taken from `project_root()`."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else project_root() / p
-
-
-def conf_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "conf"

@@ -7,7 +7,6 @@ hand each component its own slice.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -17,9 +16,11 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from workbench.config import ConfigError, validate
+from workbench.config import ConfigError
 from workbench.config.schema import TrainConfig
+from workbench.cost.budget import budget_steps
 from workbench.paths import resolve_path
+from workbench.preflight import validate
 
 
 @dataclass
@@ -34,18 +35,6 @@ class RunResult:
     stop_reason: str | None
     config: TrainConfig
     data_stats: dict[str, Any] = field(default_factory=dict)
-
-
-def budget_steps(budget, tokens_per_step: int, flops_per_token: float) -> int | None:
-    """The step count at which the first step/token/FLOP limit is reached (None if only money limits)."""
-    limits = []
-    if budget.steps is not None:
-        limits.append(int(budget.steps))
-    if budget.tokens is not None:
-        limits.append(math.ceil(budget.tokens / tokens_per_step))
-    if budget.flops is not None:
-        limits.append(math.ceil(budget.flops / (flops_per_token * tokens_per_step)))
-    return min(limits) if limits else None
 
 
 def resolve(cfg: TrainConfig, vocab_size: int) -> TrainConfig:

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import torch
 
+from workbench.config import ConfigError, check_fields
+from workbench.config.choices import HardwareName
+from workbench.config.schema import CostConfig
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -26,16 +30,27 @@ class Hardware:
     usd_per_hour: float
 
 
-HARDWARE: dict[str, Hardware] = {
+# One row per `cost.hardware` choice (workbench.config.choices.HardwareName).
+HARDWARE: dict[HardwareName, Hardware] = {
     # A100 SXM: 312 TFLOP/s bf16/fp16 dense, 19.5 fp32 (NVIDIA A100 datasheet).
-    "a100": Hardware("a100", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}, usd_per_hour=1.80),
+    HardwareName.a100: Hardware("a100", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}, usd_per_hour=1.80),
     # H100 SXM: 989 TFLOP/s bf16/fp16 dense, 67 fp32 (NVIDIA H100 datasheet).
-    "h100": Hardware("h100", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}, usd_per_hour=2.50),
+    HardwareName.h100: Hardware("h100", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}, usd_per_hour=2.50),
     # H200: the same tensor cores as H100 SXM, more and faster HBM.
-    "h200": Hardware("h200", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}, usd_per_hour=3.50),
+    HardwareName.h200: Hardware("h200", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}, usd_per_hour=3.50),
     # CPU: peak measured at run time; the price is a small cloud VM's share per process.
-    "cpu": Hardware("cpu", {}, usd_per_hour=0.10),
+    HardwareName.cpu: Hardware("cpu", {}, usd_per_hour=0.10),
 }
+
+
+def validate_cost(c: CostConfig, accelerator: str) -> None:
+    """The `cost` slice's rules, given the accelerator the run trains on."""
+    check_fields(c, "cost")
+    if c.hardware != "cpu" and accelerator == "cpu":
+        raise ConfigError(
+            f"cost.hardware={c.hardware} with trainer.accelerator=cpu: MFU would use a GPU peak for a CPU run"
+        )
+
 
 _PROBE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

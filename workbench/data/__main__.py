@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from workbench.config import ConfigError, compose_dictconfig, to_object
-    from workbench.config.validate import validate_data
+    from workbench.data import validate_data
 
     try:
         cfg = to_object(compose_dictconfig(None, overrides))

@@ -30,8 +30,8 @@ from typing import Any
 
 import datasets
 
+from workbench.config import ConfigError
 from workbench.config.schema import DataConfig
-from workbench.config.validate import ConfigError, validate_data
 from workbench.paths import project_root, resolve_path
 
 log = logging.getLogger(__name__)
@@ -467,6 +467,8 @@ def build_corpus(
     ``max_docs`` keeps the first documents in that order (hub: the first rows of the split).
     ``require_splits=False`` (a source of a mixture) accepts a corpus with an empty train or validation split.
     """
+    from workbench.data import validate_data
+
     validate_data(cfg)
     root = resolve_path(cache_root if cache_root is not None else cfg.cache_dir)
     key = corpus_key(cfg)

@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from workbench.config import ConfigError
 from workbench.config.schema import DataConfig
-from workbench.config.validate import ConfigError, validate_data
 from workbench.data.corpus import Corpus, atomic_dir, build_corpus, spec_key
 from workbench.data.tokenizer import BPETokenizer, ByteTokenizer, build_tokenizer
 from workbench.paths import resolve_path
@@ -128,6 +128,8 @@ class LMDataModule(pl.LightningDataModule):
 
     def __init__(self, cfg: DataConfig, seed: int = 0):
         super().__init__()
+        from workbench.data import validate_data
+
         validate_data(cfg)
         self.cfg = cfg
         self.seed = seed

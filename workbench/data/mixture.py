@@ -29,8 +29,8 @@ from typing import Any
 import datasets
 import numpy as np
 
+from workbench.config import ConfigError
 from workbench.config.schema import DataConfig, MixtureConfig, SourceConfig
-from workbench.config.validate import ConfigError
 from workbench.data.corpus import (
     Corpus,
     Doc,

@@ -18,8 +18,8 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from workbench.config import ConfigError
 from workbench.config.schema import DataConfig
-from workbench.config.validate import ConfigError
 from workbench.data.corpus import atomic_dir, spec_key
 
 log = logging.getLogger(__name__)

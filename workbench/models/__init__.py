@@ -2,7 +2,7 @@
 
 from workbench.models.ffn import DenseFFN
 from workbench.models.moe import MoELayer, MoEStats, aggregate_stats, per_layer_stats
-from workbench.models.transformer import ModelAux, Transformer, build_model
+from workbench.models.transformer import ModelAux, Transformer, build_model, validate_model
 
 __all__ = [
     "DenseFFN",
@@ -13,4 +13,5 @@ __all__ = [
     "aggregate_stats",
     "build_model",
     "per_layer_stats",
+    "validate_model",
 ]

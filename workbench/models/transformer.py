@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workbench.config import ConfigError, check_fields
 from workbench.config.schema import ModelConfig, MoEConfig, PrecisionConfig
 from workbench.models.ffn import DenseFFN
 from workbench.models.moe import LOSS_WEIGHTS, MoELayer, MoEStats
+from workbench.models.moe.layer import validate_moe
 
 # Parameters that write into the residual stream; GPT-2 scales their init by 1/sqrt(2 * n_layers).
 RESIDUAL_OUTPUTS = ("attn.wo.weight", "ffn.w2.weight", "ffn.experts.w2_EFD", "ffn.shared.w2.weight")
@@ -167,8 +169,6 @@ class Transformer(nn.Module):
 
     @staticmethod
     def _ffn(i: int, cfg: ModelConfig, moe_cfg: MoEConfig, precision_cfg: PrecisionConfig) -> nn.Module:
-        if cfg.ffn not in ("dense", "moe"):
-            raise ValueError(f"model.ffn={cfg.ffn!r}; expected 'dense' or 'moe'")
         if cfg.ffn == "moe" and (i + 1) % cfg.moe_every == 0:
             return MoELayer(cfg.d_model, moe_cfg, precision_cfg, layer=i, d_ff=cfg.d_ff)
         return DenseFFN(cfg.d_model, cfg.d_ff)
@@ -219,6 +219,23 @@ class Transformer(nn.Module):
             "embedding": embedding,
             "non_embedding": total - embedding,
         }
+
+
+def validate_model(cfg: ModelConfig, moe_cfg: MoEConfig) -> None:
+    """The `model` slice's rules, and the `moe` slice's when the FFN slot is an MoE."""
+    check_fields(cfg, "model")
+    if cfg.d_model % cfg.n_heads:
+        heads = [h for h in range(1, cfg.d_model + 1) if cfg.d_model % h == 0 and (cfg.d_model // h) % 2 == 0]
+        raise ConfigError(
+            f"model.d_model={cfg.d_model} is not divisible by model.n_heads={cfg.n_heads}; "
+            f"allowed n_heads: {', '.join(map(str, heads))}"
+        )
+    if (cfg.d_model // cfg.n_heads) % 2:
+        raise ConfigError(
+            f"model.d_model/model.n_heads={cfg.d_model // cfg.n_heads} must be even (rotary embeddings rotate pairs)"
+        )
+    if cfg.ffn == "moe":
+        validate_moe(moe_cfg, cfg.d_ff)
 
 
 def build_model(model_cfg: ModelConfig, moe_cfg: MoEConfig, precision_cfg: PrecisionConfig) -> Transformer:

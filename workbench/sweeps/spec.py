@@ -450,7 +450,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
 def check_training(spec: SweepSpec) -> None:
     """Compose the base config, and each parameter at its extremes and choices, so a bad key or value in
     the search space fails now with the training config's own one-line message."""
-    from workbench.config import compose
+    from workbench.preflight import compose
 
     def attempt(extra: list[str], where: str) -> None:
         try:

@@ -239,7 +239,7 @@ def ensure_parent_run(spec: SweepSpec, study: optuna.Study, storage_url: str) ->
     """The study's MLflow parent run: created once, found again (and reopened) on resume."""
     import mlflow
 
-    from workbench.config import compose
+    from workbench.preflight import compose
     from workbench.tracking.mlflow_utils import flatten, git_commit, quiet_mlflow_logs, resolve_tracking_uri
 
     base = compose(spec.experiment, list(spec.overrides))

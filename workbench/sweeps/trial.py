@@ -124,7 +124,8 @@ def run_trial(
 ) -> TrialOutcome:
     """Train one trial's configuration (once per seed) and return its outcome. Never raises for a failed
     run: the failure becomes the outcome with its reason, so the study goes on."""
-    from workbench.config import ConfigError, compose
+    from workbench.config import ConfigError
+    from workbench.preflight import compose
     from workbench.runner import run
 
     values = suggest(spec, trial)

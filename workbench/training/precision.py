@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import torch
 
-LIGHTNING_PRECISION = {
+from workbench.config import check_fields
+from workbench.config.choices import PrecisionPolicy
+from workbench.config.schema import PrecisionConfig
+
+# One line per `precision.policy` choice (workbench.config.choices.PrecisionPolicy).
+LIGHTNING_PRECISION: dict[str, str] = {
     "fp32": "32-true",
     "bf16-mixed": "bf16-mixed",
     "fp16-mixed": "16-mixed",  # autocast fp16 + dynamic GradScaler (skips inf/NaN steps)
     "bf16-true": "bf16-true",
 }
+
+
+def validate_precision(p: PrecisionConfig) -> None:
+    check_fields(p, "precision")
 
 
 def lightning_precision(policy: str, accelerator: str) -> tuple[str, str | None]:
@@ -24,4 +33,4 @@ def lightning_precision(policy: str, accelerator: str) -> tuple[str, str | None]
             "bf16-mixed",
             "precision.policy=fp16-mixed needs a CUDA GPU for gradient scaling; running bf16-mixed",
         )
-    return LIGHTNING_PRECISION[policy], None
+    return LIGHTNING_PRECISION[PrecisionPolicy(policy)], None

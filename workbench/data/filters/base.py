@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from workbench.config.validate import ConfigError
+from workbench.config import ConfigError
 
 REGISTRY: dict[str, type[Filter]] = {}
 

@@ -15,7 +15,7 @@ from workbench.models.moe.balancing import (
 )
 from workbench.models.moe.dispatch import DispatchPlan, expert_capacity, plan_dispatch
 from workbench.models.moe.experts import SwiGLUExperts
-from workbench.models.moe.layer import MoELayer, router_dtypes
+from workbench.models.moe.layer import MoELayer, router_dtypes, validate_moe
 from workbench.models.moe.router import (
     ROUTERS,
     ExpertChoiceRouter,
@@ -59,4 +59,5 @@ __all__ = [
     "router_z_loss",
     "sequence_load_balancing_loss",
     "switch_load_balancing_loss",
+    "validate_moe",
 ]

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from workbench.config import ConfigError
+from workbench.config.schema import MoEConfig
+
 # Loss name -> the MoEConfig field holding its weight.
 LOSS_WEIGHTS = {
     "aux_loss": "aux_loss_weight",
@@ -29,6 +32,17 @@ LOSS_WEIGHTS = {
     "z_loss": "z_loss_weight",
     "device_loss": "device_loss_weight",
 }
+
+
+def validate_balancing(cfg: MoEConfig, num_experts: int) -> None:
+    """Rules of the balancing stack over `num_experts` routed experts (weights >= 0 are schema bounds)."""
+    if cfg.device_loss_weight > 0:
+        groups = cfg.device_groups or cfg.router.num_groups
+        if groups < 2 or num_experts % groups:
+            raise ConfigError(
+                f"moe.device_loss_weight > 0 needs moe.device_groups (or moe.router.num_groups) >= 2 dividing "
+                f"the {num_experts} routed experts; got {groups}"
+            )
 
 
 def switch_load_balancing_loss(probs_TE: Tensor, routed_E: Tensor) -> Tensor:

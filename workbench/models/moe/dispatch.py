@@ -29,8 +29,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-DROP_POLICIES = ("position", "probs")
-
 
 def compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype matmuls run in here: autocast's when it is on, else the activations'."""

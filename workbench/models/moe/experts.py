@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workbench.config.choices import ExpertsBackend
 from workbench.models.moe.dispatch import compute_dtype
 
-BACKENDS = ("auto", "loop", "grouped_mm")
+BACKENDS = tuple(ExpertsBackend)
 
 # "auto" on CPU: grouped_mm while the hidden activations (A x F) fit in this many bytes, the loop beyond.
 # Measured with torch 2.13 on a 2-core AMD EPYC (Zen 5, AVX-512, MKL), 2 threads, fp32, balanced routing;
@@ -132,7 +133,7 @@ class SwiGLUExperts(nn.Module):
     def __init__(self, num_experts: int, d_model: int, hidden: int, backend: str = "auto") -> None:
         super().__init__()
         if backend not in BACKENDS:
-            raise ValueError(f"experts backend {backend!r} is not one of {BACKENDS}")
+            raise ValueError(f"experts backend {backend!r} is not one of: {', '.join(BACKENDS)}")
         self.backend = backend
         self.w1_EDF = nn.Parameter(torch.empty(num_experts, d_model, hidden))  # gate
         self.w3_EDF = nn.Parameter(torch.empty(num_experts, d_model, hidden))  # up

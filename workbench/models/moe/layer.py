@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from workbench.config import check_fields
 from workbench.config.schema import MoEConfig, PrecisionConfig
 from workbench.models.ffn import DenseFFN
 from workbench.models.moe.balancing import (
@@ -24,6 +25,7 @@ from workbench.models.moe.balancing import (
     router_z_loss,
     sequence_load_balancing_loss,
     switch_load_balancing_loss,
+    validate_balancing,
 )
 from workbench.models.moe.dispatch import (
     DispatchPlan,
@@ -35,8 +37,17 @@ from workbench.models.moe.dispatch import (
     unpermute,
 )
 from workbench.models.moe.experts import SwiGLUExperts
-from workbench.models.moe.router import RouterDtypes, Routing, build_router
-from workbench.models.moe.shape import MoEShape
+from workbench.models.moe.router import RouterDtypes, Routing, build_router, validate_router
+from workbench.models.moe.shape import MoEShape, validate_shape
+
+
+def validate_moe(cfg: MoEConfig, d_ff: int) -> None:
+    """The `moe` slice's rules (checked when model.ffn=moe): bounds and choices, then shape, router and
+    balancing rules, each in the module that implements them."""
+    check_fields(cfg, "moe")
+    shape = validate_shape(cfg, d_ff)
+    validate_router(cfg, shape)
+    validate_balancing(cfg, shape.num_experts)
 
 
 def router_dtypes(precision: PrecisionConfig | None) -> RouterDtypes:

@@ -21,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.config.schema import RouterConfig
+from workbench.config import ConfigError
+from workbench.config.choices import RouterType
+from workbench.config.schema import MoEConfig, RouterConfig
 from workbench.models.moe.dispatch import DispatchPlan, compute_dtype, plan_expert_choice
+from workbench.models.moe.shape import MoEShape
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
-DTYPE_CHOICES = (*DTYPES, "compute")
 
 
 @dataclass(frozen=True)
@@ -338,20 +340,64 @@ def limit_groups(select_TE: Tensor, num_groups: int, group_top_k: int | None, ho
     return select_TE.masked_fill(~keep_TG.repeat_interleave(per_group, dim=1), float("-inf"))
 
 
-ROUTERS: dict[str, type[Router]] = {
-    "topk": TopKRouter,
-    "switch": SwitchRouter,
-    "noisy_topk": NoisyTopKRouter,
-    "expert_choice": ExpertChoiceRouter,
-    "hash": HashRouter,
-    "random": RandomRouter,
+# One line per router: `moe.router.type` (workbench.config.choices.RouterType) -> its class.
+ROUTERS: dict[RouterType, type[Router]] = {
+    RouterType.topk: TopKRouter,
+    RouterType.switch: SwitchRouter,
+    RouterType.noisy_topk: NoisyTopKRouter,
+    RouterType.expert_choice: ExpertChoiceRouter,
+    RouterType.hash: HashRouter,
+    RouterType.random: RandomRouter,
 }
 
 
 def build_router(
     d_model: int, num_experts: int, top_k: int, cfg: RouterConfig, dtypes: RouterDtypes, layer: int = 0
 ):
-    if cfg.type not in ROUTERS:
-        raise ValueError(f"moe.router.type={cfg.type!r} is not allowed; choose one of: {', '.join(ROUTERS)}")
     kwargs = {"layer": layer} if cfg.type == "random" else {}
-    return ROUTERS[cfg.type](d_model, num_experts, top_k, cfg, dtypes, **kwargs)
+    return ROUTERS[RouterType(cfg.type)](d_model, num_experts, top_k, cfg, dtypes, **kwargs)
+
+
+def validate_router(moe: MoEConfig, shape: MoEShape) -> None:
+    """The router's rules, given the routed shape (`moe.router.*`, and the capacity settings it depends on)."""
+    r = moe.router
+    routed_k, experts = shape.top_k, shape.num_experts
+    if r.type == "switch" and routed_k != 1:
+        raise ConfigError(
+            f"moe.router.type=switch routes to 1 expert; got {routed_k} routed experts per token (moe.top_k)"
+        )
+    if r.softmax_after_topk and r.score != "softmax":
+        raise ConfigError("moe.router.softmax_after_topk=true needs moe.router.score=softmax")
+    if r.type in ("noisy_topk", "expert_choice") and r.score != "softmax":
+        raise ConfigError(
+            f"moe.router.score={r.score!r} with moe.router.type={r.type}: only softmax is allowed"
+        )
+    if r.type in ("expert_choice", "hash", "random"):
+        for key, off in (("bias_update_rate", 0.0), ("num_groups", 1), ("jitter_eps", 0.0)):
+            if getattr(r, key) != off:
+                raise ConfigError(
+                    f"moe.router.{key}={getattr(r, key)} does not apply to moe.router.type={r.type}; set it to {off}"
+                )
+    if r.type == "expert_choice":
+        if moe.dropless:
+            raise ConfigError(
+                "moe.dropless=true with moe.router.type=expert_choice: each expert always takes "
+                "C = T*top_k/E*capacity_factor tokens; set moe.dropless=false"
+            )
+        if moe.seq_aux_loss_weight > 0:
+            raise ConfigError("moe.seq_aux_loss_weight > 0 needs a token-choice router (not expert_choice)")
+    if experts % r.num_groups:
+        raise ConfigError(
+            f"moe.router.num_groups={r.num_groups} must divide the {experts} routed experts "
+            f"(moe.num_experts * moe.segmentation)"
+        )
+    if r.group_top_k is not None:
+        if not 1 <= r.group_top_k <= r.num_groups:
+            raise ConfigError(
+                f"moe.router.group_top_k={r.group_top_k} must be in 1..moe.router.num_groups={r.num_groups}"
+            )
+        if r.group_top_k * (experts // r.num_groups) < routed_k:
+            raise ConfigError(
+                f"moe.router.group_top_k={r.group_top_k} groups of {experts // r.num_groups} experts cannot hold "
+                f"the {routed_k} experts each token picks"
+            )

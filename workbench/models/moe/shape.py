@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workbench.config import ConfigError
 from workbench.config.schema import MoEConfig
 
 
@@ -36,3 +37,23 @@ class MoEShape:
         if cfg.router.type == "expert_choice":
             return self.top_k * cfg.capacity_factor
         return float(self.top_k)
+
+
+def validate_shape(cfg: MoEConfig, d_ff: int) -> MoEShape:
+    """The expert-count and width rules; returns the shape the layers will be built with."""
+    if cfg.top_k > cfg.num_experts:
+        raise ConfigError(
+            f"moe.top_k={cfg.top_k} > moe.num_experts={cfg.num_experts}; top_k must be in 1..{cfg.num_experts}"
+        )
+    coarse = cfg.expert_hidden if cfg.expert_hidden is not None else d_ff // cfg.top_k
+    if coarse < cfg.segmentation or coarse % cfg.segmentation:
+        raise ConfigError(
+            f"moe.segmentation={cfg.segmentation} must divide the expert width {coarse} "
+            f"(moe.expert_hidden, or model.d_ff // moe.top_k when null)"
+        )
+    if cfg.top_k * cfg.segmentation - cfg.num_shared_experts < 1:
+        raise ConfigError(
+            f"moe.num_shared_experts={cfg.num_shared_experts} leaves no routed expert: it must be < "
+            f"moe.top_k * moe.segmentation = {cfg.top_k * cfg.segmentation}"
+        )
+    return MoEShape.of(cfg, d_ff)

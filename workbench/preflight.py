@@ -1,0 +1,89 @@
+"""Everything that runs before any work: compose a config and run every component's own rules on its slice.
+
+The components own their rules (README "Layout"): the model and MoE layer (`workbench.models`), the data
+stage (`workbench.data`), precision and the trainer (`workbench.training`), the budget and the hardware table
+(`workbench.cost`). This module only calls them, in a fixed order, so the first bad value is the one reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import product
+
+from workbench.config import ConfigError, TrainConfig, check_fields, compose_dictconfig, to_object
+from workbench.cost.budget import validate_budget
+from workbench.cost.hardware import validate_cost
+from workbench.data import validate_data
+from workbench.models import validate_model
+from workbench.training.precision import validate_precision
+from workbench.training.trainer import validate_trainer
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError (one line naming the key) on the first value the run could not use."""
+    validate_model(cfg.model, cfg.moe)
+    validate_precision(cfg.precision)
+    validate_data(cfg.data)
+    validate_trainer(cfg.trainer)
+    validate_budget(cfg.budget)
+    validate_cost(cfg.cost, cfg.trainer.accelerator)
+    check_fields(cfg.tracking, "tracking")
+
+
+def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Compose, type and validate a run config: the notebook entry point to the same configs as train.py."""
+    cfg = to_object(compose_dictconfig(experiment, overrides))
+    validate(cfg)
+    return cfg
+
+
+# Hydra's own modes (help, printing the config, configs from elsewhere): Hydra checks those itself.
+_HYDRA_MODES = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--cfg",
+    "-c",
+    "--shell-completion",
+    "-sc",
+    "--config-path",
+    "-cp",
+    "--config-dir",
+    "-cd",
+    "--config-name",
+    "-cn",
+    "--experimental-rerun",
+)
+MAX_COMBINATIONS = 256
+
+
+def check_command_line(argv: Sequence[str]) -> None:
+    """Compose and validate what a `train.py` command line asks for, every combination of a multirun's
+    sweeps (up to MAX_COMBINATIONS); raise ConfigError on the first bad value."""
+    if any(a.split("=")[0] in _HYDRA_MODES for a in argv):
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:  # a syntax error in an override
+        raise ConfigError(" ".join(str(exc).split())) from exc
+    choices: list[list[str]] = []
+    for o in parsed:
+        if o.key_or_group.startswith("hydra"):
+            continue
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:
+                continue  # interval sweeps are for sweepers; nothing to enumerate
+            choices.append([f"{o.get_key_element()}={v}" for v in values])
+        else:
+            choices.append([o.input_line])
+    for i, combo in enumerate(product(*choices)):
+        if i >= MAX_COMBINATIONS:
+            break
+        compose(None, list(combo))
