@@ -1,5 +1,6 @@
-"""MLflow glue: where runs are stored, what each run records, and how runs are compared."""
+"""MLflow glue: where runs are stored, the session object every run records through, and run comparisons."""
 
 from workbench.tracking.mlflow_utils import flatten, resolve_tracking_uri, ui_command
+from workbench.tracking.session import TrackingSession
 
-__all__ = ["flatten", "resolve_tracking_uri", "ui_command"]
+__all__ = ["TrackingSession", "flatten", "resolve_tracking_uri", "ui_command"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import nn
 
 
@@ -16,32 +14,30 @@ def expert_load(network: nn.Module) -> dict[str, list[float]]:
     return out
 
 
-def plot_expert_load(loads: dict[str, list[float]], path: str | Path, title: str = "expert load") -> Path:
-    """Heatmap of layers x experts, colour = share of assignments relative to the uniform 1/E."""
-    import matplotlib
+def plot_expert_load(loads: dict[str, list[float]], title: str = "expert load"):
+    """Heatmap of layers x experts, colour = share of assignments relative to the uniform 1/E.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Returns a `matplotlib.figure.Figure` built without pyplot, so the caller's backend (a notebook's inline
+    plots) is left alone; show it in Jupyter by evaluating it, or save it with `fig.savefig(path)`.
+    """
     import numpy as np
+    from matplotlib.figure import Figure
 
     rows = np.array(list(loads.values()))
     relative = rows * rows.shape[1]  # 1.0 = exactly the uniform share
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * rows.shape[1] + 2), 0.5 * rows.shape[0] + 1.5))
+    fig = Figure(figsize=(max(4.0, 0.25 * rows.shape[1] + 2), 0.5 * rows.shape[0] + 1.5))
+    ax = fig.subplots()
     image = ax.imshow(relative, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(2.0, float(relative.max())))
     ax.set_yticks(range(len(loads)), list(loads))
     ax.set_xlabel("expert")
     ax.set_title(f"{title} (load / uniform share)")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def log_expert_load(client, run_id: str, network: nn.Module, out_dir: Path) -> None:
-    """Log moe/expert_load.json and moe/expert_load.png to the MLflow run."""
+def log_expert_load(session, network: nn.Module) -> None:
+    """Log moe/expert_load.json and moe/expert_load.png to the run of a TrackingSession."""
     loads = expert_load(network)
-    client.log_dict(run_id, loads, "moe/expert_load.json")
-    image = plot_expert_load(loads, Path(out_dir) / "expert_load.png")
-    client.log_artifact(run_id, str(image), "moe")
+    session.log_dict(loads, "moe/expert_load.json")
+    session.log_figure(plot_expert_load(loads), "moe/expert_load.png")
