@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from workbench.config import ConfigError, conf_dir
-from workbench.preflight import compose
+from workbench.config import ConfigError, compose_dictconfig, conf_dir, to_container
+from workbench.preflight import compose, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ["model", "moe", "precision", "data", "trainer", "budget", "cost", "tracking"]
@@ -115,3 +116,131 @@ def test_cli_rejects_bad_config_with_one_line(args, key, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and key in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# -- typed choices, one message format, components owning their rules ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (
+            "cost.hardware=tpu",
+            "cost.hardware='tpu' is not allowed; choose one of: a100, h100, h200, cpu",
+        ),
+        (
+            "precision.policy=fp8",
+            "precision.policy='fp8' is not allowed; choose one of: fp32, bf16-mixed, fp16-mixed, bf16-true",
+        ),
+        (
+            "moe.router.type=bogus",
+            "moe.router.type='bogus' is not allowed; choose one of: topk, switch, noisy_topk, expert_choice, "
+            "hash, random",
+        ),
+        ("moe.drop_policy=random", "moe.drop_policy='random' is not allowed; choose one of: position, probs"),
+        (
+            "data.embedded_kinds=[code,poetry]",
+            "data.embedded_kinds[1]='poetry' is not allowed; choose one of: code, prose",
+        ),
+        ("model.d_model=wide", "model.d_model='wide' must be an integer"),
+        ("moe.eval_capacity_factor=abc", "moe.eval_capacity_factor='abc' must be a number or null"),
+        ("tracking.enabled=maybe", "tracking.enabled='maybe' must be true or false"),
+    ],
+)
+def test_closed_choices_and_types_fail_while_composing(override, message):
+    """Hydra's composition itself rejects these (before any component rule runs), and the message is built
+    from the schema's Enum and type, in the same format as every other check."""
+    with pytest.raises(ConfigError) as info:
+        compose_dictconfig("moe_debug", [override])
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (
+            "moe.capacity_factor=-1",
+            "moe.capacity_factor=-1.0 must be > 0 (use moe.dropless=true for no capacity limit)",
+        ),
+        ("model.dropout=1.0", "model.dropout=1.0 must be in [0, 1)"),
+        ("data.val_fraction=1.5", "data.val_fraction=1.5 must be in (0, 1)"),
+        ("budget.steps=0", "budget.steps=0 must be > 0 (or null)"),
+        ("trainer.beta2=1.0", "trainer.beta2=1.0 must be in [0, 1)"),
+        ("moe.top_k=9", "moe.top_k=9 > moe.num_experts=4; top_k must be in 1..4"),
+        (
+            "moe.router.num_groups=3",
+            "moe.router.num_groups=3 must divide the 4 routed experts (moe.num_experts * moe.segmentation)",
+        ),
+    ],
+)
+def test_bounds_and_rules_name_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        compose("moe_debug", [override])
+    assert str(info.value) == message
+
+
+def test_keys_added_with_plus_to_a_typed_node_are_refused():
+    # OmegaConf would keep `foo` as a stray attribute of ModelConfig; the run would silently ignore it.
+    with pytest.raises(
+        ConfigError, match=r"^model\.foo: unknown key; keys allowed in model: ffn, vocab_size"
+    ):
+        compose("dense_debug", ["+model.foo=1"])
+    with pytest.raises(
+        ConfigError, match=r"^moe\.router\.bar: unknown key; keys allowed in moe\.router: type,"
+    ):
+        compose("moe_debug", ["+moe.router.bar=2"])
+
+
+def test_configs_built_in_python_get_the_same_checks():
+    """A dataclass built or replaced in Python never went through OmegaConf; validate still checks its
+    choices and bounds, with the same message."""
+    cfg = compose("moe_debug")
+    bad = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, drop_policy="nope"))
+    with pytest.raises(
+        ConfigError, match=r"^moe\.drop_policy='nope' is not allowed; choose one of: position, probs$"
+    ):
+        validate(bad)
+    bad = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, lr=0.0))
+    with pytest.raises(ConfigError, match=r"^trainer\.lr=0\.0 must be > 0$"):
+        validate(bad)
+
+
+def test_every_choice_is_implemented_by_its_component():
+    from workbench.config.choices import ExpertsBackend, HardwareName, PrecisionPolicy, RouterType
+    from workbench.cost.hardware import HARDWARE
+    from workbench.models.moe.experts import BACKENDS
+    from workbench.models.moe.router import ROUTERS
+    from workbench.training.precision import LIGHTNING_PRECISION
+
+    assert list(ROUTERS) == list(RouterType)
+    assert list(HARDWARE) == list(HardwareName)
+    assert list(LIGHTNING_PRECISION) == [str(p) for p in PrecisionPolicy]
+    assert BACKENDS == tuple(ExpertsBackend)
+
+
+def test_choices_compare_as_strings_and_record_as_values():
+    cfg = compose("moe_debug", ["precision=bf16-mixed"])
+    assert cfg.precision.policy == "bf16-mixed" and cfg.moe.router.type == "topk"
+    tree = to_container(cfg)
+    assert tree["precision"]["policy"] == "bf16-mixed" and type(tree["precision"]["policy"]) is str
+    assert tree["data"]["embedded_kinds"] == ["code", "prose"]
+
+
+def test_config_package_imports_nothing_else_of_the_workbench():
+    code = (
+        "import sys, workbench.config\n"
+        "print(sorted(m for m in sys.modules if m.startswith('workbench.') and not m.startswith('workbench.config')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_import_layers_hold():
+    """The dependency rule of README "Layout" (pyproject [tool.importlinter]): layers and no cycles."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    if not lint.exists():
+        pytest.skip("import-linter is not installed in this environment")
+    proc = subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
