@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from workbench.config import ConfigError, register_configs, to_object
-from workbench.preflight import check_command_line, validate
+from workbench.preflight import check_command_line
 
 
 def _per_job_output_dir(cfg):
@@ -36,10 +36,9 @@ def main(dcfg: DictConfig) -> dict[str, float | str | None]:
     from workbench.runner import run
 
     try:
-        cfg = _per_job_output_dir(to_object(dcfg))
-        validate(cfg)
-        # run() may still find bad input that only the data reveals (a missing file, an empty split)
-        result = run(cfg)
+        # run() validates, and may still find bad input that only the data reveals (a missing file, an
+        # empty split): one line, exit status 2, like a bad override
+        result = run(_per_job_output_dir(to_object(dcfg)))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -3,8 +3,8 @@
     prepare data -> build network -> plan cost -> build recipe and trainer -> open tracking -> train -> summarise
 
 `train.py`, notebooks and sweep trials all call `run(cfg)`. Each stage is a function that receives only the
-config slices and objects it needs; nothing below `run` sees the root config except `open_tracking`, whose
-job is to record it.
+config slices and objects it needs; below `run`, only the two stages that record the whole config (the
+recipe, into its checkpoints, and the tracking session) see the root config.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from workbench.config.schema import (
     DataConfig,
     ModelConfig,
     MoEConfig,
+    TrackingConfig,
     TrainConfig,
     TrainerConfig,
 )
@@ -95,7 +96,9 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
         )
         stop_reason, metrics = summarise(trainer, recipe, meter, datamodule, network, callbacks)
         if session is not None:
-            close_tracking(session, metrics, stop_reason, checkpoint, network, trainer.global_step, cfg)
+            close_tracking(
+                session, metrics, stop_reason, checkpoint, network, trainer.global_step, cfg.tracking
+            )
     result = RunResult(
         name=cfg.name,
         metrics=metrics,
@@ -318,7 +321,9 @@ def summarise(trainer, recipe, meter, datamodule, network, callbacks) -> tuple[s
     return stop_reason or meter.stop_reason, metrics
 
 
-def close_tracking(session, metrics, stop_reason, checkpoint: Path, network, step: int, cfg: TrainConfig):
+def close_tracking(
+    session, metrics, stop_reason, checkpoint: Path, network, step: int, tracking: TrackingConfig
+) -> None:
     """The end of a run in MLflow: peak memory, stop reason, checkpoint, routing report, summary.json, and
     FINISHED."""
     from workbench.tracking.moe_report import log_expert_load
@@ -330,7 +335,7 @@ def close_tracking(session, metrics, stop_reason, checkpoint: Path, network, ste
     if network.moe_layers():
         log_expert_load(session, network)
     session.log_dict(metrics | {"global_step": step}, "summary.json")
-    if cfg.tracking.log_checkpoints:
+    if tracking.log_checkpoints:
         session.log_artifact(checkpoint, "checkpoints")
     session.finish()
 
