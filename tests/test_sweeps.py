@@ -23,7 +23,8 @@ from workbench.config import ConfigError
 from workbench.sweeps import trial as T
 from workbench.sweeps.results import SweepResults, non_dominated
 from workbench.sweeps.spec import Objective, load_spec
-from workbench.sweeps.study import counts, fail_stale_trials, open_storage, open_study, run_sweep
+from workbench.sweeps.storage import counts, open_storage
+from workbench.sweeps.study import fail_stale_trials, open_study, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "sweeps").glob("*.yaml"))
