@@ -1,5 +1,6 @@
-"""Run a study: storage, sampler and pruner from the spec, one MLflow parent run, and the trial loop of each
-worker (heartbeats, stale-trial retries, an exact trial budget shared by all workers)."""
+"""Run a study: sampler and pruner from the spec, the study created (or resumed) in its storage, one MLflow
+parent run, and the trial loop of each worker (heartbeats, stale-trial retries, an exact trial budget shared by
+all workers)."""
 
 from __future__ import annotations
 
