@@ -23,7 +23,8 @@ from workbench.config import ConfigError
 from workbench.sweeps import trial as T
 from workbench.sweeps.results import SweepResults, non_dominated
 from workbench.sweeps.spec import Objective, load_spec
-from workbench.sweeps.study import counts, fail_stale_trials, open_storage, open_study, run_sweep
+from workbench.sweeps.storage import counts, open_storage
+from workbench.sweeps.study import fail_stale_trials, open_study, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -68,11 +69,11 @@ def test_provided_specs_are_the_three_the_issue_names():
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ({"n_trial": 3}, "unknown key 'n_trial'"),
-        ({"pruner": {"typ": "median"}}, "unknown key 'pruner.typ'"),
+        ({"n_trial": 3}, "n_trial: unknown key; keys allowed in the root config: description, experiment,"),
+        ({"pruner": {"typ": "median"}}, "pruner.typ: unknown key; keys allowed in pruner: type, monitor,"),
         (
             {"params": {"trainer.lr": {"type": "float", "low": 1e-2, "high": 1e-3}}},
-            "params.trainer.lr.low=0.01 must be <",
+            "params.trainer.lr.low=0.01 must be < high=0.001",
         ),
         (
             {"params": {"trainer.lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}},
@@ -88,16 +89,19 @@ def test_provided_specs_are_the_three_the_issue_names():
         ),
         (
             {"params": {"trainer.lr": {"type": "uniform", "low": 1, "high": 2}}},
-            "params.trainer.lr.type='uniform'",
+            "params.trainer.lr.type='uniform' is not allowed; choose one of: float, int, categorical",
         ),
-        ({"params": {"x": {"choices": [1, 2], "when": {"y": 1}}}}, "params.x.when names 'y'"),
-        ({"objectives": [{"metric": "bpb"}]}, "objectives[0].metric='bpb' is not a run metric"),
+        ({"params": {"x": {"choices": [1, 2], "when": {"y": 1}}}}, "params.x.when.y: unknown key"),
+        ({"objectives": [{"metric": "bpb"}]}, "objectives[0].metric='bpb' must be a run metric"),
         ({"objectives": [{"metric": "val/bpb", "direction": "down"}]}, "objectives[0].direction='down'"),
         (
             {"objectives": ["val/bpb", "cost/usd"], "pruner": {"type": "median"}},
             "Optuna prunes single-objective studies only",
         ),
-        ({"sampler": {"type": "cmaes"}}, "sampler.type='cmaes' is not allowed"),
+        (
+            {"sampler": {"type": "cmaes"}},
+            "sampler.type='cmaes' is not allowed; choose one of: tpe, nsga2, random, grid, gp",
+        ),
         ({"n_trials": 0}, "n_trials=0 must be > 0"),
         ({"grace_s": 5, "heartbeat_s": 10}, "grace_s=5.0 must be > heartbeat_s=10.0"),
         ({"experiment": "no_such_preset"}, "experiment/overrides"),
@@ -117,7 +121,7 @@ def test_cli_bad_spec_exits_2_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "sweep.py", str(path)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "params.trainer.lr.low=1.0 must be < params.trainer.lr.high=0.5" in lines[0]
+    assert len(lines) == 1 and f"{path}: params.trainer.lr.low=1.0 must be < high=0.5" in lines[0]
 
 
 def test_overrides_set_fields_pin_params_and_reach_training():
@@ -128,6 +132,125 @@ def test_overrides_set_fields_pin_params_and_reach_training():
     assert spec.n_trials == 3 and spec.sampler.type == "grid"
     assert "moe.drop_policy" not in [p.name for p in spec.params]  # pinned, not searched
     assert spec.overrides[-2:] == ("moe.drop_policy=probs", "seed=7")
+
+
+@pytest.mark.parametrize(
+    ("body", "overrides", "message"),
+    [
+        # a parameter's name is one key of `params`, dots and all
+        (
+            {"params": {"moe.capacity_factor": {"type": "float", "low": 2.0, "high": 1.0}}},
+            [],
+            "params.moe.capacity_factor.low=2.0 must be < high=1.0",
+        ),
+        (
+            {"params": {"moe.capacity_factor": {"type": "float", "low": "abc", "high": 1.0}}},
+            [],
+            "params.moe.capacity_factor.low='abc' must be a number or null",
+        ),
+        (
+            {"params": {"moe.capacity_factor": {"lo": 1.0, "high": 2.0}}},
+            [],
+            "params.moe.capacity_factor.lo: unknown key; keys allowed in params.moe.capacity_factor: "
+            "type, low, high, log, step, choices, when",
+        ),
+        (
+            {
+                "params": {
+                    "moe.num_experts": {"choices": [2, 4]},
+                    "moe.top_k": {"choices": [1], "when": {"moe.num_experts": 8}},
+                }
+            },
+            [],
+            "params.moe.top_k.when.moe.num_experts=8 is not allowed; choose one of: 2, 4",
+        ),
+        # command-line overrides of spec fields go through the same typed merge
+        (
+            {},
+            ["sampler.type=bogus"],
+            "sampler.type='bogus' is not allowed; choose one of: tpe, nsga2, random, grid, gp",
+        ),
+        ({}, ["pruner.typ=median"], "pruner.typ: unknown key; keys allowed in pruner: type, monitor,"),
+        ({}, ["n_trials=many"], "n_trials='many' must be an integer or null"),
+        (
+            {"sampler": "tpe"},
+            [],
+            "sampler='tpe' must be a mapping of: type, seed, n_startup_trials, population_size",
+        ),
+        (
+            {
+                "params": {"trainer.lr": {"type": "float", "low": 1e-3, "high": 1e-2}},
+                "sampler": {"type": "grid"},
+            },
+            [],
+            "params.trainer.lr.step is not set; sampler.type=grid needs a step for a float",
+        ),
+        (
+            {"objectives": ["val/bpb", "cost/usd"], "pruner": {"type": "median"}},
+            [],
+            "pruner.type='median' is not allowed; choose one of: none (Optuna prunes single-objective",
+        ),
+        (
+            {"pareto": ["val/bpb", "cost/usd", "cost/tokens"]},
+            [],
+            "pareto=['val/bpb', 'cost/usd', 'cost/tokens'] must be exactly two metrics (quality, cost)",
+        ),
+    ],
+)
+def test_spec_errors_read_like_training_config_errors(tmp_path, body, overrides, message):
+    path = write_spec(tmp_path, **body)
+    with pytest.raises(ConfigError) as info:
+        load_spec(path, overrides)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: {message}") and "\n" not in msg
+
+
+def test_overrides_merge_into_nested_fields_and_pin_dotted_params(tmp_path):
+    path = write_spec(
+        tmp_path,
+        params={
+            "moe.capacity_factor": {"choices": [1.0, 2.0]},
+            "trainer.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        },
+        sampler={"type": "tpe", "seed": 0, "n_startup_trials": 4},
+    )
+    spec = load_spec(
+        path,
+        [
+            "sampler.seed=5",
+            "pruner.type=percentile",
+            "pruner.percentile=40",
+            "timeout_s=1e3",
+            "moe.capacity_factor=2.0",
+            "budget.steps=10",
+        ],
+    )
+    from workbench.sweeps.spec import PrunerType, SamplerType
+
+    # one nested field is set, its siblings keep the file's values; values are typed and closed choices Enums
+    assert (spec.sampler.type, spec.sampler.seed, spec.sampler.n_startup_trials) == (SamplerType.tpe, 5, 4)
+    assert spec.pruner.type == PrunerType.percentile == "percentile" and spec.pruner.percentile == 40.0
+    assert spec.timeout_s == 1000.0 and isinstance(spec.timeout_s, float)
+    assert [p.name for p in spec.params] == ["trainer.lr"]  # the dotted parameter is pinned
+    assert spec.overrides[-2:] == ("moe.capacity_factor=2.0", "budget.steps=10")
+
+
+def test_objective_shorthands_and_literal_interpolations(tmp_path):
+    path = write_spec(
+        tmp_path,
+        objectives=["val/bpb", {"metric": "cost/usd"}],
+        overrides=["budget.steps=20", "trainer.val_every_n_steps=${budget.steps}"],
+        description="${not_for_the_spec}",
+    )
+    spec = load_spec(path)
+    assert spec.objectives == (Objective("val/bpb"), Objective("cost/usd", "minimize"))
+    assert spec.pareto == spec.objectives  # two objectives are the Pareto pair
+    # `${...}` is left for each trial's training config, where Hydra resolves it
+    assert spec.overrides[-1] == "trainer.val_every_n_steps=${budget.steps}"
+    assert spec.description == "${not_for_the_spec}"
+    single = load_spec(write_spec(tmp_path, objectives="val/loss"))
+    assert single.objectives == (Objective("val/loss"),)
+    assert single.pareto == (Objective("val/loss"), Objective("cost/train_flops"))
 
 
 def test_grid_enumerates_the_conditional_space():

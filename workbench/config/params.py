@@ -23,7 +23,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, Node, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -64,9 +64,11 @@ def not_allowed(key: str, value: object, allowed: Iterable[object]) -> ConfigErr
     return ConfigError(f"{key}={show(value)} is not allowed; choose one of: {', '.join(map(str, allowed))}")
 
 
-def unknown_key(key: str, allowed: Iterable[object], hint: str = "") -> ConfigError:
-    parent = key.rpartition(".")[0]
-    where = parent or "the root config"
+def unknown_key(
+    key: str, allowed: Iterable[object], hint: str = "", parent: str | None = None
+) -> ConfigError:
+    """`parent` names where the key was looked up, when `key` itself has dots (a parameter name)."""
+    where = (key.rpartition(".")[0] if parent is None else parent) or "the root config"
     allowed = list(allowed)
     listed = ", ".join(map(str, allowed)) if allowed else "(none)"
     return ConfigError(
@@ -208,15 +210,31 @@ def _path(full_key: str) -> list[str]:
     return [p for p in re.split(r"[.\[\]]+", full_key) if p]
 
 
-def field_at(schema: type | None, full_key: str) -> tuple[type | None, Any, dataclasses.Field | None, str]:
-    """Walk a dotted key from a root dataclass: (the dataclass holding the last part, the last part's type,
-    its field, the hint of the nearest hinted field on the way). Dict and list levels are stepped through."""
+def key_parts(exc: OmegaConfBaseException) -> list[str]:
+    """The parts of the key an OmegaConf error is about, from its nodes: a dict key with dots
+    (`params.moe.capacity_factor.low`) stays one part, which splitting `full_key` at dots would break up."""
+    parts = _path(getattr(exc, "full_key", None) or "")
+    node, chain = getattr(exc, "parent_node", None), []
+    if getattr(exc, "key", None) is not None:
+        chain.append(str(exc.key))
+    while node is not None and node._key() is not None:
+        chain.insert(0, str(node._key()))
+        node = node._get_parent()
+    return chain if [p for k in chain for p in _path(k)] == parts else parts
+
+
+def field_at(
+    schema: type | None, full_key: str | list[str]
+) -> tuple[type | None, Any, dataclasses.Field | None, str]:
+    """Walk a dotted key (or its parts) from a root dataclass: (the dataclass holding the last part, the last
+    part's type, its field, the hint of the nearest hinted field on the way). Dict and list levels are
+    stepped through."""
     node: Any = schema
     owner: type | None = None
     tp: Any = schema
     fld: dataclasses.Field | None = None
     hint = ""
-    for part in _path(full_key):
+    for part in _path(full_key) if isinstance(full_key, str) else full_key:
         inner, _ = _unwrap(node)
         if dataclasses.is_dataclass(inner):
             fields = {f.name: f for f in dataclasses.fields(inner)}
@@ -239,7 +257,7 @@ def omegaconf_message(exc: OmegaConfBaseException, where: str = "", schema: type
     """One line for an OmegaConf error, from its attributes (full_key, value, object_type) and the schema."""
     full_key = getattr(exc, "full_key", None) or ""
     key = key_of(where, full_key) if full_key else where
-    owner, tp, _, hint = field_at(schema, full_key) if schema is not None else (None, None, None, "")
+    owner, tp, _, hint = field_at(schema, key_parts(exc)) if schema is not None else (None, None, None, "")
     suffix = f" ({hint})" if hint else ""
     if isinstance(exc, ConfigAttributeError | ConfigKeyError):
         parent_type = getattr(exc, "object_type", None)
@@ -256,6 +274,8 @@ def omegaconf_message(exc: OmegaConfBaseException, where: str = "", schema: type
     if tp is not None:
         allowed = enum_type(tp)
         value = getattr(exc, "value", None)
+        if isinstance(value, Node):  # a list field given a scalar carries the node, not the value
+            value = value._value()
         if allowed is not None and typing.get_origin(_unwrap(tp)[0]) is None:
             return str(not_allowed(key, value, choices(allowed))) + suffix
         if value is None:  # OmegaConf does not always carry the rejected value
@@ -281,7 +301,8 @@ def parse(schema: type[T], values: Mapping[str, Any] | None, where: str, file: s
         node = OmegaConf.merge(OmegaConf.structured(schema), values or {})
         obj = OmegaConf.to_object(node)
     except OmegaConfBaseException as exc:
-        raise ConfigError(prefix + omegaconf_message(exc, where, schema)) from None
+        unkeyed = None if getattr(exc, "full_key", None) else _scalar_for_mapping(schema, values or {}, where)
+        raise ConfigError(prefix + (unkeyed or omegaconf_message(exc, where, schema))) from None
     try:
         check_fields(obj, where)
         check = getattr(obj, "check", None)
@@ -290,6 +311,25 @@ def parse(schema: type[T], values: Mapping[str, Any] | None, where: str, file: s
     except ConfigError as exc:
         raise ConfigError(prefix + str(exc)) from None
     return obj  # type: ignore[return-value]
+
+
+def _scalar_for_mapping(schema: type, values: Mapping[str, Any], where: str) -> str | None:
+    """The key of a scalar given where the schema has a dataclass (`sampler: tpe`), which OmegaConf's merge
+    reports without any key; None if there is none."""
+    hints = _hints(schema)
+    for name, value in values.items():
+        tp = _unwrap(hints.get(name))[0] if name in hints else None
+        nested = {name: value} if dataclasses.is_dataclass(tp) else {}
+        if typing.get_origin(tp) in (dict, Mapping) and isinstance(value, Mapping):
+            tp = typing.get_args(tp)[-1]
+            nested = {key_of(name, k): v for k, v in value.items()} if dataclasses.is_dataclass(tp) else {}
+        for key, v in nested.items():
+            if v is not None and not isinstance(v, Mapping):
+                return str(must(key_of(where, key), v, f"a mapping of: {', '.join(field_names(tp))}"))
+            found = _scalar_for_mapping(tp, v, key_of(where, key)) if v is not None else None
+            if found:
+                return found
+    return None
 
 
 def field_names(schema: type) -> list[str]:
@@ -308,6 +348,7 @@ __all__ = [
     "field_names",
     "hinted",
     "key_of",
+    "key_parts",
     "must",
     "not_allowed",
     "omegaconf_message",

@@ -15,7 +15,9 @@ from optuna.trial import TrialState
 from rich.table import Table
 
 from workbench.sweeps import trial as T
-from workbench.sweeps.spec import Objective, SweepSpec
+from workbench.sweeps.spec import Objective, SweepSpec, load_spec
+from workbench.sweeps.storage import PARENT, counts, default_storages, open_storage, resolve_storage
+from workbench.sweeps.ui import console
 
 PLOTS = (
     "pareto_front",
@@ -61,14 +63,11 @@ class SweepResults:
         parent_run_id: str | None = None,
     ) -> None:
         self.study, self.spec, self.storage_url = study, spec, storage_url
-        self.parent_run_id = parent_run_id or study.user_attrs.get("workbench.mlflow_parent_run_id")
+        self.parent_run_id = parent_run_id or study.user_attrs.get(PARENT)
 
     @classmethod
     def load(cls, spec_path: str | Path, overrides=(), storage: str | None = None) -> SweepResults:
         """Open a study from its spec (and the same overrides it ran with) without running anything."""
-        from workbench.sweeps.spec import load_spec
-        from workbench.sweeps.study import default_storages, open_storage, resolve_storage
-
         spec = load_spec(spec_path, [*overrides, *([f"storage={storage}"] if storage else [])])
         url = resolve_storage(spec, 1)
         if spec.study_name not in optuna.get_all_study_names(open_storage(url)):
@@ -155,8 +154,6 @@ class SweepResults:
         return [o.metric for o in self.spec.objectives]
 
     def summary(self) -> dict[str, Any]:
-        from workbench.sweeps.study import counts
-
         c = counts(self.study.get_trials(deepcopy=False))
         out: dict[str, Any] = {
             f"sweep/{k}_trials": v for k, v in c.items() if k not in ("running", "waiting")
@@ -170,23 +167,21 @@ class SweepResults:
         return out
 
     def print(self) -> None:
-        from workbench.sweeps.ui import _console
-
-        console = _console()
+        screen = console()
         front = self.pareto
         if front.empty:
-            console.print(f"study {self.spec.study_name}: no completed trial yet")
+            screen.print(f"study {self.spec.study_name}: no completed trial yet")
         else:
-            console.print(self.table(front))
+            screen.print(self.table(front))
         s = self.summary()
-        console.print(
+        screen.print(
             f"{s['sweep/done_trials']} trials: {s['sweep/complete_trials']} complete, {s['sweep/pruned_trials']} "
             f"pruned, {s['sweep/failed_trials']} failed ({s['sweep/lost_trials']} lost to dead workers or "
             f"interrupts, re-run); {s['sweep/train_steps']:,} training steps in all",
             highlight=False,
         )
         if self.storage_url:
-            console.print(
+            screen.print(
                 f"storage: {self.storage_url}  (browse: pip install optuna-dashboard; optuna-dashboard {self.storage_url.replace('journal:', '')})",
                 highlight=False,
                 soft_wrap=True,

@@ -1,10 +1,17 @@
-"""Study specs: `sweeps/*.yaml` parsed into typed dataclasses and checked before any trial runs.
+"""Study specs: `sweeps/*.yaml` as typed dataclasses, merged by OmegaConf and checked before any trial runs.
 
-A spec names a base experiment and fixed overrides, a search space, the objectives, the sampler and pruner,
-the trial budget and the storage. Every error is one line that names the file and the key, like a training
-config error. Command-line overrides either set a spec field (`n_trials=8`, `sampler.type=grid`), pin a
-searched parameter (`moe.drop_policy=position` removes it from the search space), or are passed to every
-trial's training config (`budget.tokens=200000`, `+debug=default`).
+`SpecFile` is what a spec file may say. The file (with the command-line overrides applied) goes through one
+strict structured merge into it, so an unknown key, a wrong type or a closed choice outside its Enum fails
+with the training config's one-line message (`workbench.config.params`), prefixed with the file:
+
+    sweeps/aux_loss.yaml: pruner.typ: unknown key; keys allowed in pruner: type, monitor, ...
+    sweeps/x.yaml: params.moe.capacity_factor.low=2.0 must be < high=1.0
+
+Rules between fields live in the `check` methods. `SweepSpec` is the checked spec as a study runs it: each
+parameter named and normalised (`Param`), the objectives and the Pareto pair resolved. Command-line overrides
+set a spec field (`n_trials=8`, `sampler.type=grid`), pin a searched parameter (`moe.drop_policy=position`
+removes it from the search space), or are passed to every trial's training config (`budget.tokens=200000`,
+`+debug=default`).
 """
 
 from __future__ import annotations
@@ -16,35 +23,318 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from workbench.config import ConfigError
+from workbench.config import ConfigError, bounded
+from workbench.config.params import choices, hinted, key_of, must, not_allowed, parse, show, unknown_key
 
-SAMPLERS = ("tpe", "nsga2", "random", "grid", "gp")
-PRUNERS = ("median", "percentile", "hyperband", "none")
-PARAM_TYPES = ("float", "int", "categorical")
-DIRECTIONS = ("minimize", "maximize")
 # Final metrics every run returns (workbench.run); moe/* and data/* exist for MoE runs and filtered data.
 METRIC_PREFIXES = ("val/", "train/", "cost/", "moe/", "data/", "model.")
 MAX_GRID = 10_000
 
 
+class SamplerType(StrEnum):
+    tpe = "tpe"  # Optuna's default for one and for several objectives (Optuna 5)
+    nsga2 = "nsga2"
+    random = "random"
+    grid = "grid"  # every point of the conditional space, enqueued in spec order
+    gp = "gp"
+
+
+class PrunerType(StrEnum):
+    median = "median"
+    percentile = "percentile"
+    hyperband = "hyperband"
+    none = "none"
+
+
+class ParamType(StrEnum):
+    float = "float"
+    int = "int"
+    categorical = "categorical"
+
+
+class Direction(StrEnum):
+    minimize = "minimize"
+    maximize = "maximize"
+
+
+def check_metric(key: str, metric: str) -> None:
+    if not metric.startswith(METRIC_PREFIXES):
+        raise must(
+            key,
+            metric,
+            f"a run metric, a name starting with {', '.join(METRIC_PREFIXES)} "
+            "(for example val/bpb, cost/train_flops, cost/usd, cost/tokens_per_s)",
+        )
+
+
+# -- the schema of a spec file -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One metric of the study's result and which way is better; also an entry of `pareto`."""
+
+    metric: str = MISSING  # a final metric of the run (README "Metrics"), e.g. val/bpb, cost/usd
+    direction: Direction = Direction.minimize
+
+    def check(self, where: str) -> None:
+        check_metric(key_of(where, "metric"), self.metric)
+
+
+@dataclass
+class SamplerSpec:
+    type: SamplerType = SamplerType.tpe
+    seed: int = 0  # a resumed study or a second worker offsets it (workbench.sweeps.study.open_study)
+    # random trials before TPE/GP model the space (None: Optuna's default)
+    n_startup_trials: int | None = bounded(None, ge=0)
+    population_size: int | None = bounded(None, ge=2)  # NSGA-II generation size (None: Optuna's default, 50)
+
+
+@dataclass
+class PrunerSpec:
+    type: PrunerType = PrunerType.median
+    # the validation metric reported at every validation (None: the first val/ objective)
+    monitor: str | None = None
+    n_startup_trials: int = bounded(3, ge=0)  # trials that run to the end before any pruning
+    n_warmup_steps: int = bounded(0, ge=0)  # training steps before a trial can be pruned
+    interval_steps: int = bounded(1, gt=0)
+    percentile: float = bounded(25.0, gt=0, lt=100)  # percentile pruner: prune below this percentile
+    min_resource: int = bounded(1, gt=0)  # Hyperband, in training steps
+    reduction_factor: int = bounded(3, ge=2)  # Hyperband
+
+    def check(self, where: str) -> None:
+        if self.monitor is not None and not self.monitor.startswith("val/"):
+            raise must(key_of(where, "monitor"), self.monitor, "a validation metric (val/...)")
+
+
+@dataclass
+class ParamSpec:
+    """One searched dimension, under its name in `params`: a training key (`moe.capacity_factor`), or a label
+    whose `choices` map to override bundles (`capacity: {choices: {dropless: {moe.dropless: true}}}`)."""
+
+    type: ParamType | None = None  # None: categorical when `choices` are listed
+    low: float | None = None  # float and int: the range [low, high]
+    high: float | None = None
+    log: bool = False  # sample on a log scale (low > 0)
+    step: float | None = None  # a discrete range low, low + step, ...; sampler.type=grid needs it for a float
+    # categorical: a list of values (numbers, strings, booleans, null), or label -> {training key: value}
+    choices: Any = None
+    # active only when earlier parameters take these values: {name: value or [values]}
+    when: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> ParamType | None:
+        return ParamType.categorical if self.type is None and self.choices is not None else self.type
+
+    def choice_values(self) -> tuple[Any, ...]:
+        """A categorical's values (its labels for bundles); () for a range."""
+        if isinstance(self.choices, Mapping):
+            return tuple(str(label) for label in self.choices)
+        return tuple(self.choices) if isinstance(self.choices, list) else ()
+
+    def check(self, where: str) -> None:
+        kind = self.kind
+        if kind is None:
+            raise ConfigError(f"{where}.type is not set; choose one of: {', '.join(choices(ParamType))}")
+        if kind == ParamType.categorical:
+            self._check_choices(where)
+            return
+        if self.choices is not None:
+            raise must(
+                f"{where}.choices", self.choices, f"null for type {kind} (choices are for a categorical)"
+            )
+        for name in ("low", "high"):
+            if getattr(self, name) is None:
+                raise ConfigError(f"{where}.{name} is not set; a {kind} range needs low and high")
+        if kind == ParamType.int:
+            for name in ("low", "high", "step"):
+                value = getattr(self, name)
+                if value is not None and not float(value).is_integer():
+                    raise must(f"{where}.{name}", value, "an integer")
+        if not self.low < self.high:
+            raise must(f"{where}.low", self.low, f"< high={show(self.high)}")
+        if self.log and self.low <= 0:
+            raise must(f"{where}.low", self.low, "> 0 on a log scale")
+        if self.step is not None and self.step <= 0:
+            raise must(f"{where}.step", self.step, "> 0")
+        if self.step is not None and self.log:
+            raise must(f"{where}.step", self.step, "null on a log scale (Optuna does not step one)")
+
+    def _check_choices(self, where: str) -> None:
+        for name in ("low", "high", "step"):
+            if getattr(self, name) is not None:
+                raise must(
+                    f"{where}.{name}", getattr(self, name), "null for a categorical (list its choices)"
+                )
+        if self.log:
+            raise must(f"{where}.log", True, "false for a categorical")
+        key = f"{where}.choices"
+        if isinstance(self.choices, Mapping):
+            if not self.choices:
+                raise must(key, {}, "a non-empty mapping of label -> {training key: value}")
+            for label, bundle in self.choices.items():
+                if not isinstance(bundle, Mapping) or not bundle:
+                    raise must(f"{key}.{label}", bundle, "a non-empty mapping of training key -> value")
+            return
+        if not isinstance(self.choices, list) or not self.choices:
+            raise must(key, self.choices, "a non-empty list (or a mapping of label -> {training key: value})")
+        for i, c in enumerate(self.choices):
+            if not (c is None or isinstance(c, bool | int | float | str)):
+                raise must(f"{key}[{i}]", c, "a number, a string, true/false or null")
+        if len({json.dumps(c, sort_keys=True) for c in self.choices}) != len(self.choices):
+            raise must(key, self.choices, "distinct values")
+
+    def to_param(self, name: str) -> Param:
+        when = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in self.when.items()}
+        kind = self.kind
+        assert kind is not None  # checked
+        if kind == ParamType.categorical:
+            bundles = None
+            if isinstance(self.choices, Mapping):
+                bundles = {str(label): dict(b) for label, b in self.choices.items()}
+            return Param(name, kind, choices=self.choice_values(), bundles=bundles, when=when)
+        num = int if kind == ParamType.int else float
+        step = None if self.step is None else num(self.step)
+        return Param(name, kind, low=num(self.low), high=num(self.high), log=self.log, step=step, when=when)
+
+
+@dataclass
+class SpecFile:
+    """A study spec file (sweeps/*.yaml): the base config, the search space, what to optimise, and how."""
+
+    description: str = ""
+    experiment: str = hinted("the base preset, for example moe_top2")  # a conf/experiment/ preset
+    overrides: list[str] = field(default_factory=list)  # training overrides for every trial
+    params: dict[str, ParamSpec] = field(default_factory=dict)  # in order: `when` names earlier ones
+    # a metric name, {metric, direction}, or a list of them; several make a multi-objective study
+    objectives: Any = "val/bpb"
+    # the (quality, cost) pair of the printed front; None: the two objectives, or the objective vs FLOPs
+    pareto: Any = None
+    report: list[str] = field(default_factory=list)  # extra metric columns kept per trial
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    n_trials: int | None = bounded(20, gt=0)  # finished trials over every run and worker (None: no limit)
+    timeout_s: float | None = bounded(None, gt=0)  # no trial starts after this many seconds
+    seeds: int = bounded(1, gt=0)  # training seeds per configuration; the objective is their mean
+    # `journal:<file>` or an SQLAlchemy URL; None: SQLite in the project, a journal file for several workers
+    storage: str | None = None
+    study_name: str | None = None  # None: the file's name without .yaml
+    heartbeat_s: float = bounded(10.0, gt=0)  # a running trial records a heartbeat this often ...
+    grace_s: float = bounded(60.0, gt=0)  # ... and is failed (and retried) when none arrived for this long
+    max_retry: int = bounded(1, ge=0)  # retries of a trial whose worker died
+    reuse_duplicates: bool = True  # a configuration already completed is recorded again, not re-trained
+
+    def objective_list(self) -> tuple[Objective, ...]:
+        return _objectives(self.objectives, "objectives")
+
+    def pareto_pair(self) -> tuple[Objective, ...]:
+        if self.pareto is None or self.pareto == []:
+            objectives = self.objective_list()
+            return objectives if len(objectives) == 2 else (objectives[0], Objective("cost/train_flops"))
+        return _objectives(self.pareto, "pareto")
+
+    def check(self, where: str) -> None:
+        if not self.params:
+            raise ConfigError(f"{key_of(where, 'params')} is empty: nothing to search")
+        earlier: dict[str, tuple[Any, ...]] = {}  # name -> its values (() for a range)
+        for name, p in self.params.items():
+            at = f"{key_of(where, 'params')}.{name}"
+            p.check(at)
+            for other, values in p.when.items():
+                if other not in earlier:
+                    raise unknown_key(
+                        f"{at}.when.{other}",
+                        earlier,
+                        "`when` names a parameter listed before it",
+                        f"{at}.when",
+                    )
+                for v in values if isinstance(values, list) else [values]:
+                    if earlier[other] and v not in earlier[other]:
+                        raise not_allowed(f"{at}.when.{other}", v, earlier[other])
+            if self.sampler.type == SamplerType.grid and p.kind == ParamType.float and p.step is None:
+                raise ConfigError(
+                    f"{at}.step is not set; sampler.type=grid needs a step for a float (or list choices)"
+                )
+            earlier[name] = p.choice_values()
+        objectives = self.objective_list()
+        pareto = self.pareto_pair()
+        if len(pareto) != 2:
+            raise must(
+                key_of(where, "pareto"), [o.metric for o in pareto], "exactly two metrics (quality, cost)"
+            )
+        for i, metric in enumerate(self.report):
+            check_metric(f"{key_of(where, 'report')}[{i}]", metric)
+        self.pruner.check(key_of(where, "pruner"))
+        if len(objectives) > 1 and self.pruner.type != PrunerType.none:
+            refused = not_allowed(key_of(where, "pruner.type"), self.pruner.type, [PrunerType.none])
+            raise ConfigError(
+                f"{refused} (Optuna prunes single-objective studies only; keep one objective and list costs "
+                "under `pareto`)"
+            )
+        if self.grace_s <= self.heartbeat_s:
+            raise must(key_of(where, "grace_s"), self.grace_s, f"> heartbeat_s={show(self.heartbeat_s)}")
+        if self.n_trials is None and self.timeout_s is None and self.sampler.type != SamplerType.grid:
+            raise ConfigError("n_trials and timeout_s are both null; set at least one")
+
+    def to_spec(self, path: str, default_name: str) -> SweepSpec:
+        return SweepSpec(
+            path=path,
+            study_name=self.study_name or default_name,
+            experiment=self.experiment,
+            overrides=tuple(self.overrides),
+            params=tuple(p.to_param(name) for name, p in self.params.items()),
+            objectives=self.objective_list(),
+            pareto=self.pareto_pair(),
+            report=tuple(self.report),
+            sampler=self.sampler,
+            pruner=self.pruner,
+            n_trials=self.n_trials,
+            timeout_s=self.timeout_s,
+            storage=self.storage,
+            seeds=self.seeds,
+            heartbeat_s=self.heartbeat_s,
+            grace_s=self.grace_s,
+            max_retry=self.max_retry,
+            reuse_duplicates=self.reuse_duplicates,
+            description=self.description,
+        )
+
+
+def _objectives(value: Any, key: str) -> tuple[Objective, ...]:
+    """`val/bpb`, `{metric: val/bpb}` or a list of either, each parsed into an Objective."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise must(key, [], "a metric, {metric, direction}, or a non-empty list of them")
+    return tuple(
+        parse(Objective, {"metric": item} if isinstance(item, str) else item, f"{key}[{i}]")
+        for i, item in enumerate(items)
+    )
+
+
+# -- the checked spec, as a study runs it ------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Param:
-    """One searched dimension. A `categorical` may map labels to override bundles (`{dropless: {moe.dropless:
-    true}}`); `when` makes it conditional on earlier parameters' values."""
+    """One searched dimension, named and normalised: a categorical's `choices` are its values or labels (with
+    `bundles`: label -> {training key: value}), and `when` maps an earlier parameter to its allowed values."""
 
     name: str
-    type: str
+    type: ParamType
     low: float | None = None
     high: float | None = None
     log: bool = False
     step: float | None = None
     choices: tuple[Any, ...] = ()
-    bundles: Mapping[str, Mapping[str, Any]] | None = None  # label -> {training key: value}
+    bundles: Mapping[str, Mapping[str, Any]] | None = None
     when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def overrides(self, value: Any) -> list[str]:
@@ -57,72 +347,42 @@ class Param:
         return all(params.get(k, _MISSING) in allowed for k, allowed in self.when.items())
 
     def grid_values(self) -> list[Any]:
-        if self.type == "categorical":
+        if self.type == ParamType.categorical:
             return list(self.choices)
-        if self.step is None and self.type == "float":
+        if self.step is None and self.type == ParamType.float:
             raise ConfigError(f"params.{self.name}: a grid over a float needs `step` (or use a categorical)")
         step = self.step or 1
         n = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
         values = [self.low + i * step for i in range(n)]
-        return [int(v) for v in values] if self.type == "int" else [round(v, 12) for v in values]
+        return [int(v) for v in values] if self.type == ParamType.int else [round(v, 12) for v in values]
 
 
 _MISSING = object()
 
 
 @dataclass(frozen=True)
-class Objective:
-    metric: str
-    direction: str = "minimize"
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    type: str = "tpe"  # TPE is Optuna's default for one and for several objectives (Optuna 5)
-    seed: int = 0
-    n_startup_trials: int | None = (
-        None  # random trials before TPE/GP model the space (None: Optuna's default)
-    )
-    population_size: int | None = None  # NSGA-II generation size (None: Optuna's default, 50)
-
-
-@dataclass(frozen=True)
-class PrunerSpec:
-    type: str = "median"
-    monitor: str | None = (
-        None  # validation metric reported at every validation (None: the first val/ objective)
-    )
-    n_startup_trials: int = 3  # trials that run to the end before any pruning
-    n_warmup_steps: int = 0  # training steps before a trial can be pruned
-    interval_steps: int = 1
-    percentile: float = 25.0  # percentile pruner: prune below this percentile of earlier trials
-    min_resource: int = 1  # Hyperband, in training steps
-    reduction_factor: int = 3
-
-
-@dataclass(frozen=True)
 class SweepSpec:
-    """A validated study spec (see sweeps/*.yaml)."""
+    """A checked study spec (fields as in `SpecFile`, which documents them)."""
 
     path: str
     study_name: str
     experiment: str
-    overrides: tuple[str, ...] = ()
-    params: tuple[Param, ...] = ()
-    objectives: tuple[Objective, ...] = (Objective("val/bpb"),)
-    pareto: tuple[Objective, ...] = ()  # the cost-vs-quality pair of the printed front
-    report: tuple[str, ...] = ()  # extra metric columns kept per trial
-    sampler: SamplerSpec = SamplerSpec()
-    pruner: PrunerSpec = PrunerSpec()
-    n_trials: int | None = 20
-    timeout_s: float | None = None
-    storage: str | None = None
-    seeds: int = 1  # training seeds per configuration; the objective is their mean
-    heartbeat_s: float = 10.0  # a running trial records a heartbeat this often ...
-    grace_s: float = 60.0  # ... and is failed (and retried) when none arrived for this long
-    max_retry: int = 1  # retries of a trial whose worker died
-    reuse_duplicates: bool = True  # a configuration already completed is recorded again, not re-trained
-    description: str = ""
+    overrides: tuple[str, ...]
+    params: tuple[Param, ...]
+    objectives: tuple[Objective, ...]
+    pareto: tuple[Objective, ...]
+    report: tuple[str, ...]
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    n_trials: int | None
+    timeout_s: float | None
+    storage: str | None
+    seeds: int
+    heartbeat_s: float
+    grace_s: float
+    max_retry: int
+    reuse_duplicates: bool
+    description: str
 
     @property
     def multi_objective(self) -> bool:
@@ -167,7 +427,10 @@ class SweepSpec:
         return points
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain values (Enum members as their values), as the study and its MLflow parent run record them."""
+        return dataclasses.asdict(
+            self, dict_factory=lambda items: {k: v.value if isinstance(v, Enum) else v for k, v in items}
+        )
 
 
 def override_value(value: Any) -> str:
@@ -186,263 +449,70 @@ def override_value(value: Any) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"  # quoted: spaces, commas, brackets
 
 
-# -- parsing -----------------------------------------------------------------------------------------------
+# -- loading -----------------------------------------------------------------------------------------------
 
-_TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)} - {"path"}
-_SECTION = {"sampler": SamplerSpec, "pruner": PrunerSpec}
-
-
-def _err(path: str, msg: str) -> ConfigError:
-    return ConfigError(f"{path}: {msg}")
+# Keys a command-line override sets in the spec itself; `params` and `overrides` are changed by pinning.
+_SPEC_KEYS = {f.name for f in dataclasses.fields(SpecFile)} - {"params", "overrides"}
 
 
-def _typed(path: str, key: str, value: Any, kind: type | tuple[type, ...], allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        ok, value = True, float(value)
-    if not ok:
-        names = " or ".join(k.__name__ for k in kinds) + (" or null" if allow_none else "")
-        raise _err(path, f"{key}={value!r} must be {names}")
-    return value
+def _read(file: Path, shown: str) -> dict[str, Any]:
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(file))  # YAML as the training configs read it
+    except (yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise ConfigError(f"{shown}: invalid YAML: " + " ".join(str(exc).split())) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{shown}: a study spec is a mapping (experiment, params, objectives, ...)")
+    return raw
 
 
-def _section(path: str, name: str, raw: Any, cls: type) -> Any:
-    if raw is None:
-        return cls()
-    if not isinstance(raw, Mapping):
-        raise _err(path, f"{name} must be a mapping of {', '.join(f.name for f in dataclasses.fields(cls))}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in fields:
-            raise _err(path, f"unknown key '{name}.{key}'; allowed: {', '.join(fields)}")
-        default = getattr(cls(), key)
-        kind: Any = str if key in ("type", "monitor") else (float if isinstance(default, float) else int)
-        kwargs[key] = _typed(path, f"{name}.{key}", value, kind, allow_none=default is None)
-    return cls(**kwargs)
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], shown: str) -> dict[str, Any]:
+    """The spec with command-line overrides applied: `key=value` sets a spec field (`n_trials=8`,
+    `sampler.type=grid`); a key naming a searched parameter pins it (it leaves `params`, and the override
+    joins `overrides`); anything else joins `overrides`, the training overrides of every trial."""
+    extra = []
+    for ov in overrides:
+        key, eq, _ = ov.partition("=")
+        if not eq:
+            raise ConfigError(f"{shown}: override {ov!r} must be key=value")
+        if key.split(".")[0] in _SPEC_KEYS:  # no parameter name reaches OmegaConf's dotted keys
+            try:
+                raw = OmegaConf.to_container(OmegaConf.merge(raw, OmegaConf.from_dotlist([ov])))
+            except (yaml.YAMLError, OmegaConfBaseException) as exc:
+                raise ConfigError(f"{shown}: override {ov!r}: " + " ".join(str(exc).split())) from None
+            continue
+        params = raw.get("params")
+        if isinstance(params, dict) and key in params:
+            params.pop(key)  # pinned: the value comes from the training override
+        extra.append(ov)
+    if extra and isinstance(raw.get("overrides", []), list | None):
+        raw["overrides"] = [*(raw.get("overrides") or []), *extra]
+    return raw
 
 
-def _objectives(path: str, key: str, raw: Any) -> tuple[Objective, ...]:
-    if isinstance(raw, Mapping | str):
-        raw = [raw]
-    if not isinstance(raw, list) or not raw:
-        raise _err(path, f"{key} must be a list of {{metric, direction}}")
-    out = []
-    for i, item in enumerate(raw):
-        item = {"metric": item} if isinstance(item, str) else item
-        if not isinstance(item, Mapping) or set(item) - {"metric", "direction"} or "metric" not in item:
-            raise _err(path, f"{key}[{i}] must be {{metric: <name>, direction: minimize|maximize}}")
-        metric, direction = str(item["metric"]), str(item.get("direction", "minimize"))
-        _check_metric(path, f"{key}[{i}].metric", metric)
-        if direction not in DIRECTIONS:
-            raise _err(
-                path, f"{key}[{i}].direction={direction!r} is not allowed; choose one of: minimize, maximize"
-            )
-        out.append(Objective(metric, direction))
-    return tuple(out)
-
-
-def _check_metric(path: str, key: str, metric: str) -> None:
-    if not metric.startswith(METRIC_PREFIXES):
-        raise _err(
-            path,
-            f"{key}={metric!r} is not a run metric; names start with {', '.join(METRIC_PREFIXES)} "
-            "(for example val/bpb, cost/train_flops, cost/usd, cost/tokens_per_s)",
-        )
-
-
-def _param(path: str, name: str, raw: Any, earlier: Mapping[str, Param]) -> Param:
-    key = f"params.{name}"
-    if not isinstance(raw, Mapping):
-        raise _err(path, f"{key} must be a mapping with a `type` ({', '.join(PARAM_TYPES)})")
-    allowed = {"type", "low", "high", "log", "step", "choices", "when"}
-    for k in raw:
-        if k not in allowed:
-            raise _err(path, f"unknown key '{key}.{k}'; allowed: {', '.join(sorted(allowed))}")
-    kind = raw.get("type", "categorical" if "choices" in raw else None)
-    if kind not in PARAM_TYPES:
-        raise _err(path, f"{key}.type={kind!r} is not allowed; choose one of: {', '.join(PARAM_TYPES)}")
-    when = _when(path, key, raw.get("when"), earlier)
-    if kind == "categorical":
-        for k in ("low", "high", "log", "step"):
-            if k in raw:
-                raise _err(path, f"{key}.{k} is not allowed for a categorical; list `choices`")
-        choices = raw.get("choices")
-        if isinstance(choices, Mapping):
-            if not choices or not all(isinstance(v, Mapping) and v for v in choices.values()):
-                raise _err(path, f"{key}.choices: each label must map to a non-empty {{training key: value}}")
-            labels = tuple(str(c) for c in choices)
-            bundles = {str(label): dict(v) for label, v in choices.items()}
-            return Param(name, kind, choices=labels, bundles=bundles, when=when)
-        if not isinstance(choices, list) or not choices:
-            raise _err(path, f"{key}.choices must be a non-empty list (or a mapping of label -> overrides)")
-        if len({json.dumps(c, sort_keys=True) for c in choices}) != len(choices):
-            raise _err(path, f"{key}.choices has duplicates: {choices}")
-        for c in choices:
-            if not (c is None or isinstance(c, bool | int | float | str)):
-                raise _err(path, f"{key}.choices: {c!r} must be a number, string, bool or null")
-        return Param(name, kind, choices=tuple(choices), when=when)
-    if "choices" in raw:
-        raise _err(path, f"{key}.choices is only for type: categorical")
-    num: type = int if kind == "int" else float
-    low = _typed(path, f"{key}.low", raw.get("low"), num)
-    high = _typed(path, f"{key}.high", raw.get("high"), num)
-    log = bool(_typed(path, f"{key}.log", raw.get("log", False), bool))
-    step = _typed(path, f"{key}.step", raw.get("step"), num, allow_none=True)
-    if not low < high:
-        raise _err(path, f"{key}.low={low} must be < {key}.high={high}")
-    if log and low <= 0:
-        raise _err(path, f"{key}.low={low} must be > 0 on a log scale")
-    if step is not None and (step <= 0 or log):
-        raise _err(path, f"{key}.step={step} must be > 0 and cannot be combined with log: true")
-    return Param(name, kind, low=low, high=high, log=log, step=step, when=when)
-
-
-def _when(path: str, key: str, raw: Any, earlier: Mapping[str, Param]) -> dict[str, tuple[Any, ...]]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping) or not raw:
-        raise _err(path, f"{key}.when must map an earlier parameter to a value or a list of values")
-    out = {}
-    for other, values in raw.items():
-        if other not in earlier:
-            raise _err(path, f"{key}.when names '{other}', which is not a parameter listed before it")
-        values = tuple(values) if isinstance(values, list) else (values,)
-        if earlier[other].type == "categorical":
-            allowed = earlier[other].choices
-            for v in values:
-                if v not in allowed:
-                    raise _err(path, f"{key}.when.{other}={v!r} is not one of its choices {list(allowed)}")
-        out[other] = values
-    return out
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    """tree["sampler"]["type"] = value for "sampler.type" (creating or replacing non-mapping levels)."""
-    node = tree
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
+def _literal(tree: Any) -> Any:
+    """Strings as written: a `${...}` is for the trials' training config, where Hydra resolves it, so it is
+    escaped from OmegaConf's interpolation here."""
+    if isinstance(tree, str):
+        return tree.replace("${", "\\${")
+    if isinstance(tree, dict):
+        return {k: _literal(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_literal(v) for v in tree]
+    return tree
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
-    """Read, apply command-line overrides to, and validate a study spec; ConfigError names the bad key."""
+    """Read, apply command-line overrides to, and check a study spec; ConfigError names the file and key."""
     from workbench.paths import resolve_path
 
     file = resolve_path(str(path))
     shown = str(path)
     if not file.is_file():
         raise ConfigError(f"{shown}: no such study spec (see sweeps/*.yaml)")
-    try:
-        raw = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise _err(shown, "invalid YAML: " + " ".join(str(exc).split())) from exc
-    if not isinstance(raw, dict):
-        raise _err(shown, "a study spec is a mapping (experiment, params, objectives, ...)")
-    raw.setdefault("params", {})
-    raw.setdefault("overrides", [])
-    pinned: list[str] = []
-    for ov in overrides:
-        if "=" not in ov:
-            raise _err(shown, f"override {ov!r} must be key=value")
-        key, text = ov.split("=", 1)
-        top = key.split(".")[0]
-        if top in _TOP_KEYS and top not in ("params", "overrides"):
-            _set_dotted(raw, key, yaml.safe_load(text) if text else None)
-        elif key in raw["params"]:
-            raw["params"].pop(key)  # pinned: the value comes from the override below
-            pinned.append(ov)
-            raw["overrides"] = [*raw["overrides"], ov]
-        else:
-            raw["overrides"] = [*raw["overrides"], ov]
-
-    for key in raw:
-        if key not in _TOP_KEYS:
-            raise _err(shown, f"unknown key '{key}'; allowed: {', '.join(sorted(_TOP_KEYS))}")
-    if "experiment" not in raw:
-        raise _err(shown, "missing key 'experiment' (the base preset, for example moe_top2)")
-    experiment = _typed(shown, "experiment", raw["experiment"], str)
-    fixed = raw.get("overrides") or []
-    if not isinstance(fixed, list) or not all(isinstance(o, str) for o in fixed):
-        raise _err(shown, "overrides must be a list of key=value strings")
-    params_raw = raw.get("params") or {}
-    if not isinstance(params_raw, Mapping):
-        raise _err(shown, "params must map a name (a training key or a label) to its range")
-    params: dict[str, Param] = {}
-    for name, body in params_raw.items():
-        params[str(name)] = _param(shown, str(name), body, params)
-
-    objectives = _objectives(shown, "objectives", raw.get("objectives", [{"metric": "val/bpb"}]))
-    default_pareto = objectives if len(objectives) == 2 else (objectives[0], Objective("cost/train_flops"))
-    pareto = _objectives(shown, "pareto", raw["pareto"]) if raw.get("pareto") else default_pareto
-    if len(pareto) != 2:
-        raise _err(shown, f"pareto must list exactly two metrics (quality, cost), got {len(pareto)}")
-    report = raw.get("report") or []
-    if not isinstance(report, list):
-        raise _err(shown, "report must be a list of metric names")
-    for i, m in enumerate(report):
-        _check_metric(shown, f"report[{i}]", str(m))
-
-    sampler = _section(shown, "sampler", raw.get("sampler"), SamplerSpec)
-    pruner = _section(shown, "pruner", raw.get("pruner"), PrunerSpec)
-    if sampler.type not in SAMPLERS:
-        raise _err(
-            shown, f"sampler.type={sampler.type!r} is not allowed; choose one of: {', '.join(SAMPLERS)}"
-        )
-    if pruner.type not in PRUNERS:
-        raise _err(shown, f"pruner.type={pruner.type!r} is not allowed; choose one of: {', '.join(PRUNERS)}")
-    if len(objectives) > 1 and pruner.type != "none":
-        raise _err(
-            shown,
-            f"pruner.type={pruner.type}: Optuna prunes single-objective studies only; "
-            "set pruner.type=none or keep one objective (list costs under `pareto`)",
-        )
-    if pruner.monitor is not None and not pruner.monitor.startswith("val/"):
-        raise _err(shown, f"pruner.monitor={pruner.monitor!r} must be a validation metric (val/...)")
-    if not 0 < pruner.percentile < 100:
-        raise _err(shown, f"pruner.percentile={pruner.percentile} must be in (0, 100)")
-
-    spec = SweepSpec(
-        path=shown,
-        study_name=str(raw.get("study_name") or file.stem),
-        experiment=experiment,
-        overrides=tuple(fixed),
-        params=tuple(params.values()),
-        objectives=objectives,
-        pareto=pareto,
-        report=tuple(str(m) for m in report),
-        sampler=sampler,
-        pruner=pruner,
-        n_trials=_typed(shown, "n_trials", raw.get("n_trials", 20), int, allow_none=True),
-        timeout_s=_typed(shown, "timeout_s", raw.get("timeout_s"), float, allow_none=True),
-        storage=_typed(shown, "storage", raw.get("storage"), str, allow_none=True),
-        seeds=_typed(shown, "seeds", raw.get("seeds", 1), int),
-        heartbeat_s=_typed(shown, "heartbeat_s", raw.get("heartbeat_s", 10.0), float),
-        grace_s=_typed(shown, "grace_s", raw.get("grace_s", 60.0), float),
-        max_retry=_typed(shown, "max_retry", raw.get("max_retry", 1), int),
-        reuse_duplicates=_typed(shown, "reuse_duplicates", raw.get("reuse_duplicates", True), bool),
-        description=str(raw.get("description") or ""),
-    )
-    for key in ("n_trials", "timeout_s", "seeds", "heartbeat_s", "grace_s"):
-        value = getattr(spec, key)
-        if value is not None and value <= 0:
-            raise _err(shown, f"{key}={value} must be > 0")
-    if spec.max_retry < 0:
-        raise _err(shown, f"max_retry={spec.max_retry} must be >= 0")
-    if spec.grace_s <= spec.heartbeat_s:
-        raise _err(shown, f"grace_s={spec.grace_s} must be > heartbeat_s={spec.heartbeat_s}")
-    if spec.n_trials is None and spec.timeout_s is None and spec.sampler.type != "grid":
-        raise _err(shown, "n_trials and timeout_s are both null; set at least one")
-    if not spec.params:
-        raise _err(shown, "params is empty: nothing to search")
-    if spec.sampler.type == "grid":
-        spec.grid()  # floats without a step fail here
+    raw = apply_overrides(_read(file, shown), overrides, shown)
+    spec = parse(SpecFile, _literal(raw), "", file=shown).to_spec(shown, file.stem)
+    if spec.sampler.type == SamplerType.grid:
+        spec.grid()  # refuses a grid past MAX_GRID points
     check_training(spec)
     return spec
 
@@ -456,17 +526,16 @@ def check_training(spec: SweepSpec) -> None:
         try:
             cfg = compose(spec.experiment, [*spec.overrides, *extra])
         except ConfigError as exc:
-            raise _err(spec.path, f"{where}: {exc}") from exc
+            raise ConfigError(f"{spec.path}: {where}: {exc}") from exc
         if cfg.trainer.devices != 1:
-            raise _err(
-                spec.path,
-                f"{where}: trainer.devices={cfg.trainer.devices}; a trial uses one device "
-                "(run several workers with --workers N instead)",
+            raise ConfigError(
+                f"{spec.path}: {where}: trainer.devices={cfg.trainer.devices}; a trial uses one device "
+                "(run several workers with --workers N instead)"
             )
 
     attempt([], "experiment/overrides")
     for p in spec.params:
-        values = list(p.choices) if p.type == "categorical" else [p.low, p.high]
+        values = list(p.choices) if p.type == ParamType.categorical else [p.low, p.high]
         for v in values:
             attempt(p.overrides(v), f"params.{p.name}={v!r}")
 
@@ -485,11 +554,19 @@ def grid_key(values: Mapping[str, Any]) -> str:
 
 
 __all__ = [
+    "Direction",
     "Objective",
     "Param",
+    "ParamSpec",
+    "ParamType",
     "PrunerSpec",
+    "PrunerType",
     "SamplerSpec",
+    "SamplerType",
+    "SpecFile",
     "SweepSpec",
+    "apply_overrides",
+    "check_training",
     "grid_key",
     "load_spec",
     "override_value",

@@ -11,9 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from workbench.sweeps import trial as T
 from workbench.sweeps.spec import SweepSpec
+from workbench.sweeps.storage import counts
 
 
-def _console() -> Console:
+def console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
@@ -55,7 +56,7 @@ class StudyProgress:
         lines: bool = True,
     ):
         self.spec, self.study, self.budget, self.enabled, self.lines = spec, study, budget, enabled, lines
-        self.console = _console()
+        self.console = console()
         self.seen: set[int] = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -69,8 +70,6 @@ class StudyProgress:
         self.task = None
 
     def __enter__(self) -> StudyProgress:
-        from workbench.sweeps.study import counts
-
         done = counts(self.study.get_trials(deepcopy=False))["done"]
         self.progress.start()
         self.task = self.progress.add_task(
@@ -86,8 +85,6 @@ class StudyProgress:
         self.poll()
 
     def poll(self) -> None:
-        from workbench.sweeps.study import counts
-
         trials = self.study.get_trials(deepcopy=False)
         for t in trials:
             if t.state.is_finished() and t.number not in self.seen:
