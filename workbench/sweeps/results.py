@@ -220,6 +220,11 @@ class SweepResults:
         plt.tight_layout()
         return ax
 
+    def figure(self, kind: str = "pareto_front", **kwargs):
+        """The matplotlib Figure of `plot(kind)`."""
+        ax = self.plot(kind, **kwargs)
+        return (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+
     def _plot_front(self, ax=None):
         import matplotlib.pyplot as plt
 
@@ -267,22 +272,11 @@ class SweepResults:
             self.print()
         if not self.parent_run_id:
             return
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
-        import mlflow
         import yaml
 
-        from workbench.tracking.mlflow_utils import resolve_tracking_uri
+        from workbench.tracking.sweep_runs import close_study_run
 
-        client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri())
-        run_id = self.parent_run_id
-        summary = self.summary()
-        for k, v in summary.items():
-            if isinstance(v, int | float) and math.isfinite(v):
-                client.log_metric(run_id, k, float(v))
-        client.log_metric(run_id, "sweep/elapsed_s", float(elapsed_s))
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
             (d / "sweep_spec.yaml").write_text(
@@ -299,15 +293,13 @@ class SweepResults:
                 if not (self.trials["state"] == "COMPLETE").any():
                     break
                 try:
-                    ax = self.plot(kind)
-                    fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+                    fig = self.figure(kind)
                     fig.savefig(d / f"{kind}.png", dpi=110, bbox_inches="tight")
-                    plt.close(fig)
+                    plt.close(fig)  # pyplot keeps every figure until closed
                 except Exception as exc:  # a plot Optuna refuses for this study shape; the rest still land
                     (d / f"{kind}.txt").write_text(f"not drawn: {type(exc).__name__}: {exc}\n")
-            client.log_artifacts(run_id, str(d))
-        client.set_tag(run_id, "workbench.study_state", "finished" if finished else "incomplete")
-        client.set_terminated(run_id, "FINISHED" if finished else "KILLED")
+            summary = {**self.summary(), "sweep/elapsed_s": float(elapsed_s)}
+            close_study_run(self.parent_run_id, summary, d, finished)
 
 
 def _isnan(v) -> bool:

@@ -23,6 +23,7 @@ from workbench.sweeps.results import SweepResults
 from workbench.sweeps.spec import SweepSpec, grid_key, load_spec
 from workbench.sweeps.storage import INTERRUPTED, PARENT, counts, open_storage, resolve_storage
 from workbench.sweeps.ui import StudyProgress, print_trial
+from workbench.tracking.sweep_runs import tag_trial_run
 
 SPACE = "workbench.space"
 
@@ -159,49 +160,26 @@ def trial_budget(spec: SweepSpec) -> int | None:
 
 def ensure_parent_run(spec: SweepSpec, study: optuna.Study, storage_url: str) -> str | None:
     """The study's MLflow parent run: created once, found again (and reopened) on resume."""
-    import mlflow
-
     from workbench.preflight import compose
-    from workbench.tracking.mlflow_utils import flatten, git_commit, quiet_mlflow_logs, resolve_tracking_uri
+    from workbench.tracking.mlflow_utils import flatten
+    from workbench.tracking.sweep_runs import open_study_run
 
     base = compose(spec.experiment, list(spec.overrides))
     if not base.tracking.enabled:
         return None
-    quiet_mlflow_logs()
-    uri = resolve_tracking_uri(base.tracking.tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    known = study.user_attrs.get(PARENT)
-    if known:
-        try:
-            client.get_run(known)
-            client.update_run(known, status="RUNNING")
-            return known
-        except Exception:
-            pass  # the MLflow store changed since the study began: start a new parent there
-    from workbench.tracking.mlflow_utils import artifact_root
-
-    exp = client.get_experiment_by_name(base.tracking.experiment_name)
-    exp_id = (
-        exp.experiment_id
-        if exp
-        else client.create_experiment(base.tracking.experiment_name, artifact_location=artifact_root(uri))
-    )
-    sha, dirty = git_commit()
-    tags = {
-        "workbench.sweep": spec.study_name,
-        "workbench.experiment": f"sweep:{spec.study_name}",
-        "optuna.study": spec.study_name,
-        "optuna.storage": storage_url,
-        "workbench.spec": spec.path,
-        **({"mlflow.source.git.commit": sha, "workbench.git_dirty": str(dirty)} if sha else {}),
-    }
-    run = client.create_run(exp_id, run_name=f"sweep-{spec.study_name}", tags=tags)
     params = flatten({k: v for k, v in spec.as_dict().items() if k not in ("params", "path", "description")})
+    params = {f"sweep.{k}": v for k, v in params.items()}
     params.update({f"space.{p.name}": _describe(p) for p in spec.params})
-    for k, v in params.items():
-        client.log_param(run.info.run_id, f"sweep.{k}" if not k.startswith("space.") else k, str(v)[:6000])
-    study.set_user_attr(PARENT, run.info.run_id)
-    return run.info.run_id
+    session = open_study_run(
+        base.tracking.experiment_name,
+        spec.study_name,
+        spec.path,
+        storage_url,
+        params,
+        study.user_attrs.get(PARENT),
+    )
+    study.set_user_attr(PARENT, session.run_id)
+    return session.run_id
 
 
 def _describe(p) -> str:
@@ -265,7 +243,7 @@ def _run_and_tell(spec, study, trial, parent_run_id, out_root) -> optuna.trial.F
         trial.set_user_attr(T.REASON, "interrupted (Ctrl-C); the same command re-runs it")
         trial.set_user_attr(INTERRUPTED, True)
         study.tell(trial, state=TrialState.FAIL)
-        T.tag_child(trial.user_attrs.get(T.RUN_ID), "FAIL", dict(trial.params))
+        tag_trial_run(trial.user_attrs.get(T.RUN_ID), "FAIL", dict(trial.params))
         raise
     except ConfigError as exc:  # a spec mistake every trial would repeat (an unknown objective metric)
         trial.set_user_attr(T.REASON, str(exc))
@@ -281,7 +259,7 @@ def _run_and_tell(spec, study, trial, parent_run_id, out_root) -> optuna.trial.F
                 if m in outcome.metrics:
                     trial.set_user_attr(T.METRIC + m, outcome.metrics[m])
         frozen = study.tell(trial, state=outcome.state)
-    T.tag_child(frozen.user_attrs.get(T.RUN_ID), frozen.state.name, values)
+    tag_trial_run(frozen.user_attrs.get(T.RUN_ID), frozen.state.name, values)
     return frozen
 
 

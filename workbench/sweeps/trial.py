@@ -1,5 +1,5 @@
 """One trial: suggest its parameters, compose its training config, train it (pruning on the way), and
-record the outcome in the Optuna trial and in its MLflow child run."""
+record the outcome in the Optuna trial; its MLflow runs follow `workbench.tracking.sweep_runs`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import dataclasses
 import math
 import os
 import socket
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -17,6 +16,15 @@ import optuna
 from optuna_integration import PyTorchLightningPruningCallback
 
 from workbench.sweeps.spec import SweepSpec, sample_overrides
+from workbench.tracking.sweep_runs import (
+    close_seeds_run,
+    find_trial_run,
+    mean_over_seeds,
+    open_seeds_run,
+    record_failed_trial,
+    trial_run_name,
+    trial_tags,
+)
 
 # Keys of trial attributes the workbench writes (user attrs are visible in optuna-dashboard).
 REASON = "workbench.fail_reason"
@@ -146,8 +154,8 @@ def run_trial(
             for m, v in metrics.items():
                 trial.set_user_attr(METRIC + m, v)
             return TrialOutcome(optuna.trial.TrialState.COMPLETE, list(twin.values), metrics)
-    name = f"{spec.study_name}-t{trial.number:04d}"
-    tags = {"optuna.study": spec.study_name, "optuna.trial_number": str(trial.number)}
+    name = trial_run_name(spec.study_name, trial.number)
+    tags = trial_tags(spec.study_name, trial.number)
     seed_results: list[dict[str, float]] = []
     steps = 0
     trial_run_id = parent_run_id
@@ -155,8 +163,16 @@ def run_trial(
     try:
         base = compose(spec.experiment, sample_overrides(spec, values))
         if spec.seeds > 1 and base.tracking.enabled:
-            seeds_parent = _open_trial_run(base, spec, trial.number, values, parent_run_id)
-            trial_run_id = seeds_parent
+            seeds_parent = open_seeds_run(
+                base.tracking.experiment_name,
+                spec.study_name,
+                trial.number,
+                values,
+                spec.seeds,
+                base.name,
+                parent_run_id,
+            )
+            trial_run_id = seeds_parent.run_id
         for i in range(spec.seeds):
             seed = base.seed + i
             suffix = f"/seed{seed}" if spec.seeds > 1 else ""
@@ -177,11 +193,11 @@ def run_trial(
                 result.metrics.get("cost/tokens", 0) // max(1, cfg.data.batch_size * cfg.data.seq_len)
             )
             if i == 0 and result.run_id:
-                trial.set_user_attr(RUN_ID, seeds_parent or result.run_id)
+                trial.set_user_attr(RUN_ID, seeds_parent.run_id if seeds_parent else result.run_id)
             seed_results.append(result.metrics)
             if pruning is not None and pruning.pruned_at is not None:
                 trial.set_user_attr(STEPS, steps)
-                _finish_seeds_parent(seeds_parent, base, seed_results, "KILLED")
+                close_seeds_run(seeds_parent, seed_results, "KILLED")
                 return TrialOutcome(
                     optuna.trial.TrialState.PRUNED,
                     None,
@@ -199,7 +215,7 @@ def run_trial(
         )
 
     trial.set_user_attr(STEPS, steps)
-    metrics = _mean(seed_results)
+    metrics = mean_over_seeds(seed_results)
     missing = [m for m in spec.tracked_metrics() if m not in metrics]
     if missing:
         available = ", ".join(sorted(k for k in metrics if "/layer" not in k))
@@ -209,23 +225,11 @@ def run_trial(
     for m in spec.tracked_metrics():
         trial.set_user_attr(METRIC + m, metrics[m])
     values_out = [metrics[o.metric] for o in spec.objectives]
-    _finish_seeds_parent(seeds_parent, base, seed_results, "FINISHED")
+    close_seeds_run(seeds_parent, seed_results, "FINISHED")
     if not all(math.isfinite(v) for v in values_out):
         bad = next(o.metric for o, v in zip(spec.objectives, values_out, strict=True) if not math.isfinite(v))
         return _failed(trial, spec, values, None, f"objective {bad} is {metrics[bad]}", None, steps)
     return TrialOutcome(optuna.trial.TrialState.COMPLETE, values_out, metrics)
-
-
-def _mean(results: list[dict[str, float]]) -> dict[str, float]:
-    """Per-metric mean over seeds, with `<metric>_std` when there are several."""
-    if len(results) == 1:
-        return dict(results[0])
-    out: dict[str, float] = {}
-    for key in results[0]:
-        vals = [r[key] for r in results if key in r]
-        out[key] = statistics.fmean(vals)
-        out[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return out
 
 
 def _failed(trial, spec, values, parent_run_id, reason, seeds_parent, steps) -> TrialOutcome:
@@ -233,111 +237,11 @@ def _failed(trial, spec, values, parent_run_id, reason, seeds_parent, steps) -> 
     trial.set_user_attr(STEPS, steps)
     if trial.user_attrs.get(RUN_ID) is None and parent_run_id is not None:
         # The training run (marked FAILED by the runner) if one was created; else a child run with the reason.
-        run_id = _existing_child(spec, trial.number, parent_run_id) or _failure_run(
-            spec, trial.number, values, parent_run_id, reason
+        run_id = find_trial_run(parent_run_id, trial.number) or record_failed_trial(
+            parent_run_id, spec.study_name, trial.number, values, reason
         )
         if run_id:
             trial.set_user_attr(RUN_ID, run_id)
-    if seeds_parent:
-        _terminate(seeds_parent, "FAILED", reason)
+    if seeds_parent is not None:
+        seeds_parent.fail(reason)
     return TrialOutcome(optuna.trial.TrialState.FAIL, None, {}, reason)
-
-
-def _client():
-    import mlflow
-
-    from workbench.tracking.mlflow_utils import resolve_tracking_uri
-
-    return mlflow.MlflowClient(tracking_uri=resolve_tracking_uri())
-
-
-def _open_trial_run(
-    cfg, spec: SweepSpec, number: int, values: dict[str, Any], parent_run_id: str | None
-) -> str:
-    """With several seeds, a trial is its own run (child of the study) and each seed's run nests under it."""
-    client = _client()
-    exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment_name)
-    tags = {
-        "optuna.study": spec.study_name,
-        "optuna.trial_number": str(number),
-        "workbench.experiment": cfg.name,
-    }
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(exp_id, run_name=f"{spec.study_name}-t{number:04d}", tags=tags)
-    for k, v in values.items():
-        client.log_param(run.info.run_id, f"trial.{k}", v)
-    client.log_param(run.info.run_id, "trial.seeds", spec.seeds)
-    return run.info.run_id
-
-
-def _finish_seeds_parent(run_id: str | None, cfg, results: list[dict[str, float]], status: str) -> None:
-    if not run_id:
-        return
-    client = _client()
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, 0) for k, v in _mean(results).items() if math.isfinite(v)]
-    for i in range(0, len(metrics), 500):
-        client.log_batch(run_id, metrics=metrics[i : i + 500])
-    client.set_terminated(run_id, status)
-
-
-def _existing_child(spec: SweepSpec, number: int, parent_run_id: str) -> str | None:
-    try:
-        client = _client()
-        parent = client.get_run(parent_run_id)
-        found = client.search_runs(
-            [parent.info.experiment_id],
-            f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`optuna.trial_number` = '{number}'",
-            max_results=1,
-        )
-        return found[0].info.run_id if found else None
-    except Exception:
-        return None
-
-
-def _failure_run(spec: SweepSpec, number: int, values: dict[str, Any], parent_run_id: str, reason: str):
-    try:
-        client = _client()
-        parent = client.get_run(parent_run_id)
-        run = client.create_run(
-            parent.info.experiment_id,
-            run_name=f"{spec.study_name}-t{number:04d}",
-            tags={
-                "mlflow.parentRunId": parent_run_id,
-                "optuna.study": spec.study_name,
-                "optuna.trial_number": str(number),
-                "workbench.failure_reason": reason[:5000],
-            },
-        )
-        for k, v in values.items():
-            client.log_param(run.info.run_id, f"trial.{k}", v)
-        client.set_terminated(run.info.run_id, "FAILED")
-        return run.info.run_id
-    except Exception:
-        return None
-
-
-def _terminate(run_id: str, status: str, reason: str | None = None) -> None:
-    client = _client()
-    if reason:
-        client.set_tag(run_id, "workbench.failure_reason", reason[:5000])
-    client.set_terminated(run_id, status)
-
-
-def tag_child(run_id: str | None, state: str, values: dict[str, Any]) -> None:
-    """Mark the trial's MLflow run with its Optuna state and its searched parameters."""
-    if not run_id:
-        return
-    try:
-        client = _client()
-        client.set_tag(run_id, "optuna.state", state)
-        existing = client.get_run(run_id).data.params
-        for k, v in values.items():
-            if f"trial.{k}" not in existing:
-                client.log_param(run_id, f"trial.{k}", v)
-    except Exception:
-        pass  # tracking is best effort here; the Optuna storage holds the outcome
