@@ -23,7 +23,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, Node, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -256,6 +256,8 @@ def omegaconf_message(exc: OmegaConfBaseException, where: str = "", schema: type
     if tp is not None:
         allowed = enum_type(tp)
         value = getattr(exc, "value", None)
+        if isinstance(value, Node):  # a list or dict merge reports the wrapped node, not the value
+            value = value._value()
         if allowed is not None and typing.get_origin(_unwrap(tp)[0]) is None:
             return str(not_allowed(key, value, choices(allowed))) + suffix
         if value is None:  # OmegaConf does not always carry the rejected value
