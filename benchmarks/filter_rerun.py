@@ -32,10 +32,10 @@ def main() -> None:
                 [
                     "data=mixture_all_filters",
                     f"data.cache_dir={tmp}",
-                    "data.mixture.sources.0.max_docs=null",
-                    "data.mixture.sources.0.filter=true",  # all of the stdlib through every filter too
+                    "data.mixture.sources.code.max_docs=null",
+                    "data.mixture.sources.code.filter=true",  # all of the stdlib through every filter too
                     f"data.mixture.workers={args.workers}",
-                    f"data.mixture.filters.2.min_words={min_words}",  # gopher_quality
+                    f"data.mixture.filters.gopher_quality.min_words={min_words}",
                 ],
             )
             t0 = time.perf_counter()

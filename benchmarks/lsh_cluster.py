@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from workbench.data.filters.dedup import lsh_clusters
+from workbench.data.filters.minhash import lsh_clusters
 
 NUM_PERM = 112
 

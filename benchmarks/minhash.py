@@ -21,7 +21,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from workbench.data.filters.dedup import jaccard, minhash_signatures, shingle_sets, words
+from workbench.data.filters.minhash import jaccard, minhash_signatures, shingle_sets, words
 
 NGRAM, NUM_PERM, SEED = 5, 112, 1
 

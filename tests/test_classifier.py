@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import math
 import pickle
@@ -11,9 +10,9 @@ import numpy as np
 import pytest
 
 from workbench.config import ConfigError
-from workbench.data.filters import base
+from workbench.data.filters import REGISTRY, DecideContext, build_filter
 from workbench.data.filters import classifier as qc
-from workbench.data.filters.base import REGISTRY, DecideContext, build_filter, concat_columns
+from workbench.data.filters.base import concat_columns
 
 WORDS = (
     "the of and to in is was for on with as by at from that this it he she they we people city river house "
@@ -55,8 +54,7 @@ SOURCES = dict(zip(("good", "raw"), corpus(1, 300), strict=True))
 
 def make(**kw) -> qc.QualityClassifier:
     params = qc.QualityClassifier.Params(**{"positive": ["good"], "negative": ["raw"], **kw})
-    params.check()
-    return qc.QualityClassifier(params)
+    return qc.QualityClassifier(params)  # checks its params
 
 
 def ctx_for(ids: list[str]) -> DecideContext:
@@ -223,32 +221,26 @@ def test_empty_source_is_an_error_naming_it():
     assert "\n" not in str(err.value)
 
 
-def _registered_build(monkeypatch) -> None:
-    names = ("heuristics", "dedup")
-    if not all(importlib.util.find_spec(f"workbench.data.filters.{m}") for m in names):
-        monkeypatch.setattr(base, "_load_builtin_filters", lambda: None)  # siblings not written yet
+def test_build_filter_config_errors():
     assert REGISTRY["quality_classifier"] is qc.QualityClassifier
-
-
-def test_build_filter_config_errors(monkeypatch):
-    _registered_build(monkeypatch)
     spec = {"type": "quality_classifier", "positive": ["good"], "negative": ["raw"]}
     filt = build_filter(spec)
     assert isinstance(filt, qc.QualityClassifier) and filt.params.mode == "pareto"
     assert filt.params.pareto_alpha == 9.0 and filt.params.num_features == 2**18
-    with pytest.raises(ConfigError, match="unknown key 'bogus'") as err:
+    with pytest.raises(
+        ConfigError, match=r"^data\.mixture\.filters\.quality_classifier\.bogus: unknown key;"
+    ) as err:
         build_filter({**spec, "bogus": 1})
     assert "\n" not in str(err.value)
     bad = {
         "positive": [],
         "negative": "raw",
-        "mode": "sample",
         "threshold": 1.5,
-        "pareto_alpha": 0,
+        "pareto_alpha": 0.0,
         "ngram_max": 0,
         "num_features": 1,
         "l2": -1.0,
-        "lr": 0,
+        "lr": 0.0,
         "epochs": 0,
         "max_train_docs_per_class": 0,
     }
@@ -256,8 +248,13 @@ def test_build_filter_config_errors(monkeypatch):
         with pytest.raises(ConfigError) as err:
             build_filter({**spec, key: value})
         msg = str(err.value)
-        assert f"quality_classifier.{key}={value!r} must" in msg and "\n" not in msg, msg
-    with pytest.raises(ConfigError, match="must not share sources with positive"):
+        assert f"data.mixture.filters.quality_classifier.{key}={value!r} must" in msg and "\n" not in msg, msg
+    with pytest.raises(ConfigError) as err:
+        build_filter({**spec, "mode": "sample"})
+    assert str(err.value) == (
+        "data.mixture.filters.quality_classifier.mode='sample' is not allowed; choose one of: pareto, threshold"
+    )
+    with pytest.raises(ConfigError, match="must be disjoint from positive"):
         build_filter({**spec, "negative": ["raw", "good"]})
     # a Hydra-style tuple becomes a list
     assert build_filter({**spec, "positive": ("good",)}).params.positive == ["good"]

@@ -1,4 +1,4 @@
-"""Deduplication filters: exact_dedup, line_dedup, minhash (signatures, LSH clusters, keep policies, quality)."""
+"""Deduplication filters: exact_dedup, line_dedup (exact.py), minhash (signatures, LSH clusters, keep policies)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import xxhash
 
+from workbench.config import ConfigError
+from workbench.data.filters import build_filter
 from workbench.data.filters.base import DecideContext, concat_columns
-from workbench.data.filters.dedup import (
-    ExactDedup,
-    ExactDedupParams,
-    LineDedup,
-    LineDedupParams,
+from workbench.data.filters.exact import ExactDedup, ExactDedupParams, LineDedup, LineDedupParams
+from workbench.data.filters.minhash import (
     MinHashDedup,
     MinHashParams,
     _union,
@@ -382,7 +381,9 @@ def test_verify_large_bucket_uses_star_pairs():
 
 
 def test_minhash_params_check():
-    with pytest.raises(ValueError, match=r"bands: bands \* rows = 15 \* 8 = 120 exceeds num_perm = 112"):
+    with pytest.raises(
+        ValueError, match=r"minhash\.bands=15 must be .*bands \* rows = 15 \* 8 = 120 exceeds num_perm = 112"
+    ):
         MinHashDedup(MinHashParams(bands=15))
     with pytest.raises(ValueError, match="quality_column"):
         MinHashDedup(MinHashParams(keep="quality"))
@@ -400,13 +401,11 @@ def test_minhash_params_check():
 
 
 def test_build_filter_reports_bad_minhash_params():
-    pytest.importorskip("workbench.data.filters.heuristics")
-    from workbench.config import ConfigError
-    from workbench.data.filters.base import build_filter
-
     assert isinstance(build_filter({"type": "minhash", "keep": "longest"}), MinHashDedup)
     assert isinstance(build_filter({"type": "line_dedup", "unit": "paragraph"}), LineDedup)
-    with pytest.raises(ConfigError, match=r"minhash\.bands: bands \* rows"):
+    with pytest.raises(
+        ConfigError, match=r"^data\.mixture\.filters\.minhash\.bands=14 must be <= num_perm / rows = 12"
+    ):
         build_filter({"type": "minhash", "rows": 9})
 
 

@@ -1,4 +1,5 @@
-"""Rule-based filters (workbench/data/filters/heuristics.py): one hand-built document per rule, chunking, config."""
+"""Rule-based filters (gopher, web, code, toxicity, charset in workbench/data/filters/): one hand-built document per
+rule, chunking, config."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 
 from workbench.config import ConfigError
-from workbench.data.filters import heuristics as H
-from workbench.data.filters.base import REGISTRY, DecideContext, Filter, build_filter, concat_columns
+from workbench.data.filters import REGISTRY, DecideContext, Filter, build_filter
+from workbench.data.filters.base import concat_columns
+from workbench.data.filters.code import _alnum_count
+from workbench.data.filters.gopher import GopherQuality, ngram_char_shares
 
 FIXTURE_WORDS = Path(__file__).parent / "fixtures" / "toxic_words.txt"
 NAMES = ("gopher_quality", "gopher_repetition", "c4", "fineweb", "code", "toxicity", "charset")
@@ -112,21 +115,22 @@ def test_build_filter_rejects_unknown_key_and_bad_values():
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith(
-        "data.mixture.filters.gopher_quality: unknown key 'min_wordz'; allowed: min_words, "
+        "data.mixture.filters.gopher_quality.min_wordz: unknown key; keys allowed in "
+        "data.mixture.filters.gopher_quality: type, enabled, min_words, "
     )
     with pytest.raises(ConfigError) as e:
         build_filter({"type": "gopher_quality", "min_words": -1})
     assert str(e.value) == "data.mixture.filters.gopher_quality.min_words=-1 must be >= 0"
     with pytest.raises(ConfigError) as e:
-        build_filter({"type": "fineweb", "max_short_line_fraction": "0.5"})
-    assert str(e.value) == "data.mixture.filters.fineweb.max_short_line_fraction='0.5' must be of type float"
+        build_filter({"type": "fineweb", "max_short_line_fraction": "half"})
+    assert str(e.value) == "data.mixture.filters.fineweb.max_short_line_fraction='half' must be a number"
     with pytest.raises(ConfigError) as e:
         build_filter({"type": "charset", "scripts": ["klingon"]})
     assert str(e.value).startswith(
-        "data.mixture.filters.charset.scripts=['klingon'] must be a non-empty list of: "
+        "data.mixture.filters.charset.scripts[0]='klingon' is not allowed; choose one of: arabic, "
     )
     f = build_filter({"type": "gopher_quality", "min_words": 30})
-    assert isinstance(f, H.GopherQuality) and f.params.min_words == 30
+    assert isinstance(f, GopherQuality) and f.params.min_words == 30
 
 
 # ---------------------------------------------------------------------------------------------- gopher_quality
@@ -221,13 +225,13 @@ def test_gopher_repetition_ngrams():
 def test_ngram_shares_exact():
     # "aa b aa b aa": the 2-grams "aa b" and "b aa" both occur twice (the earliest wins the tie) and cover
     # "aa b aa b"; the 3-gram "aa b aa" occurs twice, overlapping itself, and covers every word; no 4-gram repeats.
-    top, dup = H.ngram_char_shares("aa b aa b aa".split())
+    top, dup = ngram_char_shares("aa b aa b aa".split())
     assert top == [6 / 8, 1.0, 0.0]
     assert dup == [0.0] * 6
     # A 5-word sequence twice, overlapping ("x x x x x x"): every word is covered.
-    top, dup = H.ngram_char_shares(["x"] * 6)
+    top, dup = ngram_char_shares(["x"] * 6)
     assert top == [1.0, 1.0, 1.0] and dup == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    assert H.ngram_char_shares([]) == ([0.0] * 3, [0.0] * 6)
+    assert ngram_char_shares([]) == ([0.0] * 3, [0.0] * 6)
 
 
 # ---------------------------------------------------------------------------------------------------------- c4
@@ -345,7 +349,7 @@ def test_code_line_counts():
     np.testing.assert_array_equal(cols["max_line_length"], [2, 2, 0, 0])
     np.testing.assert_array_equal(cols["mean_line_length"], np.array([2, 2, 0, 0], dtype=np.float32))
     np.testing.assert_array_equal(cols["alnum_fraction"], np.array([4 / 6, 4 / 5, 0, 0], dtype=np.float32))
-    assert H._alnum_count("ab_c 12!é") == 6
+    assert _alnum_count("ab_c 12!é") == 6
 
 
 # ---------------------------------------------------------------------------------------------------- toxicity

@@ -148,16 +148,20 @@ def test_same_seed_same_docs_other_seed_other_docs():
     [
         (
             lambda: generate("algebra", 1, 0),
-            "synthetic generator 'algebra' is unknown; allowed: arithmetic, sorting",
+            "generator='algebra' is not allowed; choose one of: arithmetic, sorting, string",
         ),
         (
             lambda: generate("sorting", 1, 0, {"lenght": 3}),
-            "synthetic sorting: unknown param 'lenght'; allowed:",
+            "synthetic.sorting.lenght: unknown key; keys allowed in synthetic.sorting:",
         ),
         (lambda: generate("arithmetic", 1, 0, {"ops": "/"}), "ops='/' must be a non-empty subset"),
         (lambda: generate("string", 1, 0, {"min_len": 5, "max_len": 2}), "min_len=5 must be <= max_len=2"),
-        (lambda: inject([], 1, 0, {"dupes": 1}), "synthetic inject: unknown param 'dupes'"),
-        (lambda: inject([], 1, 0, {"near": 2}), "near=2 must be a fraction"),
+        (lambda: inject([], 1, 0, {"dupes": 1}), "synthetic.inject.dupes: unknown key"),
+        (lambda: inject([], 1, 0, {"near": 2}), "near=2.0 must be in [0, 1]"),
+        (
+            lambda: inject([], 1, 0, {"junk": 1.5}, where="data.mixture.sources.dirt.params"),
+            "data.mixture.sources.dirt.params.junk=1.5 must be in [0, 1]",
+        ),
     ],
 )
 def test_unknown_generator_or_param_is_a_one_line_error(call, message):
@@ -346,11 +350,13 @@ def test_teacher_errors_name_what_is_wrong(checkpoint, tmp_path):
         teacher_generations([checkpoint, missing], 2, seed=0, mode="accumulate")
     with pytest.raises(ValueError, match=re.escape(missing)):
         sample_documents(missing, 2, seed=0)
-    with pytest.raises(ValueError, match="teacher: mode='mix' is unknown; allowed: replace, accumulate"):
+    with pytest.raises(
+        ValueError, match="teacher.mode='mix' is not allowed; choose one of: replace, accumulate"
+    ):
         teacher_generations([checkpoint], 2, seed=0, mode="mix")
-    with pytest.raises(ValueError, match="teacher: unknown param 'temp'; allowed:"):
+    with pytest.raises(ValueError, match="teacher.temp: unknown key; keys allowed in teacher:"):
         sample_documents(checkpoint, 2, seed=0, params={"temp": 0.5})
-    with pytest.raises(ValueError, match="teacher: top_k=-1 must be an int >= 0"):
+    with pytest.raises(ValueError, match="teacher.top_k=-1 must be >= 0"):
         sample_documents(checkpoint, 2, seed=0, params={"top_k": -1})
     old = tmp_path / "old.ckpt"
     torch.save({"state_dict": {}, "workbench": {"mlflow_run_id": None}}, old)
@@ -367,21 +373,20 @@ def test_teacher_source_in_a_mixture_accumulates_generations(checkpoint, data_ca
 
     data = workbench.compose("dense_debug", [f"data.cache_dir={tmp_path}", "data.max_docs=null"]).data
     params = {"max_new_tokens": 64, "min_chars": 1, "max_repeat": 1.0}
-    sources = [
-        SourceConfig(name="prose", embedded_kinds=["prose"], max_docs=100),
-        SourceConfig(
-            name="teacher",
+    sources = {
+        "prose": SourceConfig(embedded_kinds=["prose"], max_docs=100),
+        "teacher": SourceConfig(
             kind="teacher",
             checkpoints=[checkpoint, checkpoint],
             mode="accumulate",
             docs=3,
             params=params,
         ),
-    ]
+    }
     mix = dataclasses.replace(
         data,
         source="mixture",
-        mixture=MixtureConfig(sources=sources, filters=[{"type": "exact_dedup"}], validation=["prose"]),
+        mixture=MixtureConfig(sources=sources, filters={"exact_dedup": {}}, validation=["prose"]),
     )
     report = build_mixture(mix, progress=False).report
     teacher = report["sources"]["teacher"]

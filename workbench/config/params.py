@@ -274,7 +274,7 @@ def omegaconf_message(exc: OmegaConfBaseException, where: str = "", schema: type
     if tp is not None:
         allowed = enum_type(tp)
         value = getattr(exc, "value", None)
-        if isinstance(value, Node):  # a list field given a scalar carries the node, not the value
+        if isinstance(value, Node):  # a list or dict merge reports the wrapped node, not the value
             value = value._value()
         if allowed is not None and typing.get_origin(_unwrap(tp)[0]) is None:
             return str(not_allowed(key, value, choices(allowed))) + suffix

@@ -25,7 +25,7 @@ def validate_data(d: DataConfig) -> None:
     if d.source == "hub" and not d.hub_id:
         raise ConfigError("data.hub_id is not set; data.source=hub needs a Hugging Face dataset id")
     if d.source == "mixture":
-        from workbench.data.mixture import validate_mixture  # the filters' own checks, before any work
+        from workbench.data.mixture import validate_mixture  # sources and filters by name, nothing built
 
         validate_mixture(d)
 

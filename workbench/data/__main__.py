@@ -1,7 +1,7 @@
 """`python -m workbench.data [overrides] report`: build a config's data (mixture) and print its report.
 
     python -m workbench.data +experiment=data_filtered report
-    python -m workbench.data +experiment=data_filtered 'data.mixture.filters.2.min_words=20' report
+    python -m workbench.data +experiment=data_filtered data.mixture.filters.charset.min_script_fraction=0.8 report
 
 Nothing is trained. Signals are cached, so a second call with another threshold only re-decides.
 """

@@ -240,13 +240,13 @@ class LMDataModule(pl.LightningDataModule):
         return {
             "mixture_tokens": m.tokens,
             "temperature": m.temperature,
-            "weights": {s.name: s.weight for s in m.sources},
+            "weights": {name: s.weight for name, s in m.sources.items()},
             "seed": self.seed,
         }
 
     def _mix_train_tokens(self, tokenizer, dtype, meta: dict[str, Any]) -> np.ndarray:
         """The training stream of a mixture: each source's quota of tokens (README "Data mixtures")."""
-        from workbench.data.mixture import mixture_tokens, plan_mixture
+        from workbench.data.mixing import mixture_tokens, plan_mixture
 
         ds = self._corpus_for_mixing
         by_source: dict[str, list[str]] = {}

@@ -16,13 +16,16 @@ so document ``i`` is the same whatever ``n_docs`` is.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
+from workbench.config.params import bounded, key_of, must, not_allowed, parse
 from workbench.data.corpus import Doc
 
 GENERATORS = ("arithmetic", "sorting", "string")
@@ -74,81 +77,96 @@ class SyntheticDocs(list[Doc]):
 # ---------------------------------------------------------------------------------------------- parameters
 
 
-@dataclass(frozen=True)
-class _Param:
-    default: Any
-    check: Callable[[Any], bool]
-    expected: str
+# Closed choices of the generators' params; members are named by their values (built with the functional API
+# because `int` and `upper` would shadow names in a class body). Sorting "mixed" draws int or word per problem.
+SortKind = StrEnum("SortKind", [(k, k) for k in ("int", "word", "mixed")], module=__name__)
+StringTask = StrEnum("StringTask", [(t, t) for t in STRING_TASKS], module=__name__)
+JunkStyle = StrEnum("JunkStyle", [(j, j) for j in JUNK_STYLES], module=__name__)
 
 
-def _int_at_least(low: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+@dataclass
+class ArithmeticParams:
+    problems_per_doc: int = bounded(8, ge=1)
+    digits: int = bounded(2, ge=1)  # digits of each operand
+    min_operands: int = bounded(2, ge=2)
+    max_operands: int = bounded(4, ge=2)
+    ops: str = "+-*"  # the operators to draw from
+
+    def check(self, where: str) -> None:
+        if not self.ops or not set(self.ops) <= set("+-*"):
+            raise must(key_of(where, "ops"), self.ops, "a non-empty subset of '+-*'")
+        _check_range(where, "min_operands", self.min_operands, "max_operands", self.max_operands)
 
 
-def _fraction(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+@dataclass
+class SortingParams:
+    problems_per_doc: int = bounded(8, ge=1)
+    kind: SortKind = SortKind("mixed")
+    min_len: int = bounded(3, ge=1)
+    max_len: int = bounded(8, ge=1)
+    max_value: int = bounded(99, ge=1)
+
+    def check(self, where: str) -> None:
+        _check_range(where, "min_len", self.min_len, "max_len", self.max_len)
 
 
-def _subset_of(allowed: Sequence[str]) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, list | tuple | str) and len(v) > 0 and all(x in allowed for x in v)
+@dataclass
+class StringParams:
+    problems_per_doc: int = bounded(8, ge=1)
+    tasks: list[StringTask] = field(default_factory=lambda: [StringTask(t) for t in STRING_TASKS])
+    min_len: int = bounded(3, ge=1)
+    max_len: int = bounded(12, ge=1)
+
+    def check(self, where: str) -> None:
+        if not self.tasks:
+            raise must(key_of(where, "tasks"), [], f"a non-empty list of: {', '.join(STRING_TASKS)}")
+        _check_range(where, "min_len", self.min_len, "max_len", self.max_len)
 
 
-_COMMON = {"problems_per_doc": _Param(8, _int_at_least(1), "an int >= 1")}
-_PARAMS: dict[str, dict[str, _Param]] = {
-    "arithmetic": {
-        **_COMMON,
-        "digits": _Param(2, _int_at_least(1), "an int >= 1"),  # digits of each operand
-        "min_operands": _Param(2, _int_at_least(2), "an int >= 2"),
-        "max_operands": _Param(4, _int_at_least(2), "an int >= 2"),
-        "ops": _Param("+-*", _subset_of("+-*"), "a non-empty subset of '+-*'"),
-    },
-    "sorting": {
-        **_COMMON,
-        "kind": _Param("mixed", lambda v: v in ("int", "word", "mixed"), "one of int, word, mixed"),
-        "min_len": _Param(3, _int_at_least(1), "an int >= 1"),
-        "max_len": _Param(8, _int_at_least(1), "an int >= 1"),
-        "max_value": _Param(99, _int_at_least(1), "an int >= 1"),
-    },
-    "string": {
-        **_COMMON,
-        "tasks": _Param(
-            list(STRING_TASKS), _subset_of(STRING_TASKS), f"a non-empty subset of {STRING_TASKS}"
-        ),
-        "min_len": _Param(3, _int_at_least(1), "an int >= 1"),
-        "max_len": _Param(12, _int_at_least(1), "an int >= 1"),
-    },
-    "inject": {
-        "exact": _Param(0.4, _fraction, "a fraction in [0, 1]"),
-        "near": _Param(0.4, _fraction, "a fraction in [0, 1]"),
-        "junk": _Param(0.2, _fraction, "a fraction in [0, 1]"),
-        "edit_rate": _Param(0.05, lambda v: _fraction(v) and v > 0, "a fraction in (0, 1]"),
-        "edit_span": _Param(5, _int_at_least(1), "an int >= 1"),
-        "junk_styles": _Param(
-            list(JUNK_STYLES), _subset_of(JUNK_STYLES), f"a non-empty subset of {JUNK_STYLES}"
-        ),
-        "keep_group": _Param(True, lambda v: isinstance(v, bool), "true or false"),
-    },
+@dataclass
+class InjectParams:
+    """Shares of exact copies, near copies and junk (normalised), and how copies and junk are made."""
+
+    exact: float = bounded(0.4, ge=0, le=1)
+    near: float = bounded(0.4, ge=0, le=1)
+    junk: float = bounded(0.2, ge=0, le=1)
+    edit_rate: float = bounded(0.05, gt=0, le=1)  # near copies: share of words edited
+    edit_span: int = bounded(5, ge=1)  # near copies: words per edited run
+    junk_styles: list[JunkStyle] = field(default_factory=lambda: [JunkStyle(j) for j in JUNK_STYLES])
+    keep_group: bool = True  # copies join their base document's group (so they share its split)
+
+    def check(self, where: str) -> None:
+        if not self.junk_styles:
+            raise must(key_of(where, "junk_styles"), [], f"a non-empty list of: {', '.join(JUNK_STYLES)}")
+        if self.exact + self.near + self.junk <= 0:
+            raise must(key_of(where, "exact"), self.exact, "> 0 when near and junk are 0")
+
+
+PARAMS: dict[str, type] = {
+    "arithmetic": ArithmeticParams,
+    "sorting": SortingParams,
+    "string": StringParams,
+    "inject": InjectParams,
 }
 
 
-def resolve_params(what: str, params: dict[str, Any] | None) -> dict[str, Any]:
-    """Defaults updated by ``params``; an unknown key or a bad value raises a one-line ValueError."""
-    spec = _PARAMS[what]
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(spec))
-    if unknown:
-        raise ValueError(
-            f"synthetic {what}: unknown param {unknown[0]!r}; allowed: {', '.join(sorted(spec))}"
-        )
-    out = {k: p.default for k, p in spec.items()}
-    for key, value in params.items():
-        if not spec[key].check(value):
-            raise ValueError(f"synthetic {what}: {key}={value!r} must be {spec[key].expected}")
-        out[key] = value
-    for low, high in (("min_operands", "max_operands"), ("min_len", "max_len")):
-        if low in out and out[low] > out[high]:
-            raise ValueError(f"synthetic {what}: {low}={out[low]} must be <= {high}={out[high]}")
-    return out
+def _check_range(where: str, low: str, low_value: int, high: str, high_value: int) -> None:
+    if low_value > high_value:
+        raise must(key_of(where, low), low_value, f"<= {high}={high_value}")
+
+
+def resolve_params(what: str, params: Mapping[str, Any] | None, where: str = "") -> dict[str, Any]:
+    """Defaults updated by ``params`` (checked by `workbench.config.params.parse`), as a plain dict; an unknown
+    key or a bad value is a one-line ConfigError naming ``<where>.<key>`` (default where: ``synthetic.<what>``)."""
+    parsed = parse(PARAMS[what], params, where or f"synthetic.{what}")
+    return {k: _plain(v) for k, v in dataclasses.asdict(parsed).items()}
+
+
+def _plain(value: Any) -> Any:
+    """Enum members as their values (the generators compare and format plain strings)."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, StrEnum) else value
 
 
 def _rng(*parts: object) -> random.Random:
@@ -384,14 +402,20 @@ VERIFIERS: dict[str, Callable[[str], None]] = {
 
 
 def generate(
-    generator: str, n_docs: int, seed: int, params: dict[str, Any] | None = None, source: str = "synthetic"
+    generator: str,
+    n_docs: int,
+    seed: int,
+    params: Mapping[str, Any] | None = None,
+    source: str = "synthetic",
+    where: str = "",
 ) -> SyntheticDocs:
-    """``n_docs`` documents of verified problems; ``counts`` is {"docs": n, "problems": n * problems_per_doc}."""
+    """``n_docs`` documents of verified problems; ``counts`` is {"docs": n, "problems": n * problems_per_doc}.
+    ``where`` names the params in error messages (a mixture passes ``data.mixture.sources.<name>.params``)."""
     if generator not in _PROBLEMS:
-        raise ValueError(f"synthetic generator {generator!r} is unknown; allowed: {', '.join(GENERATORS)}")
+        raise not_allowed("generator", generator, GENERATORS)
     if n_docs < 0:
-        raise ValueError(f"synthetic {generator}: n_docs={n_docs} must be >= 0")
-    p = resolve_params(generator, params)
+        raise must("docs", n_docs, ">= 0")
+    p = resolve_params(generator, params, where)
     make, sep = _PROBLEMS[generator]
     docs = []
     for i in range(n_docs):
@@ -480,8 +504,9 @@ def inject(
     base: Sequence[Doc],
     n_docs: int,
     seed: int,
-    params: dict[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
     source: str = "noisy_copies",
+    where: str = "",
 ) -> SyntheticDocs:
     """``n_docs`` exact copies, near copies and junk derived from ``base`` documents, interleaved.
 
@@ -490,10 +515,8 @@ def inject(
     f"{source}:{kind}:{i:06d}", paths f"synthetic:inject:{kind}:{base_id}". With ``keep_group`` (default) copies
     join their base document's group, so a duplicate lands in the same split as its original.
     """
-    p = resolve_params("inject", params)
+    p = resolve_params("inject", params, where)
     weights = [float(p[k]) for k in INJECT_KINDS]
-    if sum(weights) <= 0:
-        raise ValueError("synthetic inject: the fractions exact, near, junk must not all be 0")
     if n_docs > 0 and not base:
         raise ValueError("synthetic inject: base has no documents to copy")
     kinds = [

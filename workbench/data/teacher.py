@@ -13,50 +13,42 @@ Sampling is deterministic: one ``torch.Generator`` seeded from (seed, generation
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
+from workbench.config.choices import TeacherMode
+from workbench.config.params import bounded, choices, key_of, not_allowed, parse
 from workbench.config.schema import ModelConfig, MoEConfig, PrecisionConfig
 from workbench.data.corpus import Doc
 from workbench.data.synthetic import SyntheticDocs
 from workbench.data.tokenizer import ByteTokenizer, load_tokenizer
 
-MODES = ("replace", "accumulate")
 DROP_REASONS = ("empty", "too_short", "repetitive")
-DEFAULTS: dict[str, Any] = {
-    "temperature": 1.0,  # 0: greedy
-    "top_k": 50,  # 0 or None: the whole vocabulary
-    "max_new_tokens": 256,
-    "prompts": [],  # sample i continues prompts[i % len(prompts)]; empty: every sample starts from EOS alone
-    "include_prompt": True,  # the document is prompt + continuation (the filters judge the continuation)
-    "batch_size": 8,
-    "min_chars": 32,
-    "max_repeat": 0.5,  # drop when more than this share of the character n-grams repeat an earlier one
-    "repeat_ngram": 10,
-    "max_tries": 4,  # at most max_tries * n_docs samples are drawn
-}
 
 
-_CHECKS: dict[str, tuple[Any, str]] = {
-    "temperature": (lambda v: v >= 0, "a number >= 0"),
-    "top_k": (lambda v: v >= 0, "an int >= 0"),
-    "max_new_tokens": (lambda v: v >= 1, "an int >= 1"),
-    "prompts": (
-        lambda v: isinstance(v, list | tuple) and all(isinstance(x, str) for x in v),
-        "a list of strings",
-    ),
-    "include_prompt": (lambda v: isinstance(v, bool), "true or false"),
-    "batch_size": (lambda v: v >= 1, "an int >= 1"),
-    "min_chars": (lambda v: v >= 0, "an int >= 0"),
-    "max_repeat": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
-    "repeat_ngram": (lambda v: v >= 1, "an int >= 1"),
-    "max_tries": (lambda v: v >= 1, "an int >= 1"),
-}
+@dataclass
+class TeacherParams:
+    """How a teacher samples, and which samples it keeps (`params` of a teacher source)."""
+
+    temperature: float = bounded(1.0, ge=0)  # 0: greedy
+    top_k: int | None = bounded(50, ge=0)  # 0 or None: the whole vocabulary
+    max_new_tokens: int = bounded(256, ge=1)
+    # sample i continues prompts[i % len(prompts)]; empty: every sample starts from EOS alone
+    prompts: list[str] = field(default_factory=list)
+    include_prompt: bool = True  # the document is prompt + continuation (the filters judge the continuation)
+    batch_size: int = bounded(8, ge=1)
+    min_chars: int = bounded(32, ge=0)
+    # drop when more than this share of the character n-grams repeat an earlier one
+    max_repeat: float = bounded(0.5, ge=0, le=1)
+    repeat_ngram: int = bounded(10, ge=1)
+    max_tries: int = bounded(4, ge=1)  # at most max_tries * n_docs samples are drawn
 
 
 @dataclass
@@ -116,21 +108,11 @@ def load_teacher(checkpoint: str | Path) -> Teacher:
     return Teacher(network, tokenizer, int(tree["data"]["seq_len"]), tree)
 
 
-def resolve_teacher_params(params: dict[str, Any] | None) -> dict[str, Any]:
-    """DEFAULTS updated by ``params``; an unknown key or a bad value raises a one-line ValueError."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"teacher: unknown param {unknown[0]!r}; allowed: {', '.join(sorted(DEFAULTS))}")
-    p = {**DEFAULTS, **params}
+def resolve_teacher_params(params: Mapping[str, Any] | None, where: str = "teacher") -> dict[str, Any]:
+    """TeacherParams' defaults updated by ``params`` (checked by `workbench.config.params.parse`), as a plain
+    dict; an unknown key or a bad value is a one-line ConfigError naming ``<where>.<key>``."""
+    p = dataclasses.asdict(parse(TeacherParams, params, where))
     p["top_k"] = p["top_k"] or 0
-    for key, (ok, expected) in _CHECKS.items():
-        try:
-            good = bool(ok(p[key]))
-        except TypeError:
-            good = False
-        if not good:
-            raise ValueError(f"teacher: {key}={p[key]!r} must be {expected}")
     return p
 
 
@@ -199,15 +181,16 @@ def sample_documents(
     checkpoint: str,
     n_docs: int,
     seed: int,
-    params: dict[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
     generation: int = 1,
     source: str = "teacher",
+    where: str = "teacher",
 ) -> SyntheticDocs:
     """Up to ``n_docs`` filtered samples of ``checkpoint``; ``counts`` has sampled, kept and each drop reason.
 
     Ids are f"{source}:gen{generation}:{i:06d}" (i counts kept documents), paths f"synthetic:teacher:gen{g}".
     """
-    p = resolve_teacher_params(params)
+    p = resolve_teacher_params(params, where)
     _check_file(checkpoint)
     teacher = load_teacher(checkpoint)
     tok = teacher.tokenizer
@@ -249,27 +232,36 @@ def teacher_generations(
     n_docs: int,
     seed: int,
     mode: str = "replace",
-    params: dict[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
     source: str = "teacher",
+    where: str = "teacher",
 ) -> SyntheticDocs:
     """Samples of a chain of checkpoints, oldest first (checkpoint k is generation k + 1).
 
     replace: ``n_docs`` from the last checkpoint only (generation ``len(checkpoints)``); accumulate: ``n_docs``
     from every generation, all kept. ``counts`` keys are f"gen{g}/{key}" for each sampled generation.
     """
-    if mode not in MODES:
-        raise ValueError(f"teacher: mode={mode!r} is unknown; allowed: {', '.join(MODES)}")
+    if mode not in set(choices(TeacherMode)):
+        raise not_allowed(key_of(where, "mode"), mode, choices(TeacherMode))
     if not checkpoints:
         raise ValueError("teacher: checkpoints is empty; give one checkpoint per generation")
     for checkpoint in checkpoints:
         _check_file(checkpoint)
-    resolve_teacher_params(params)
+    resolve_teacher_params(params, key_of(where, "params"))
     chosen = list(enumerate(checkpoints, start=1))
     if mode == "replace":
         chosen = chosen[-1:]
     out = SyntheticDocs()
     for generation, checkpoint in chosen:
-        docs = sample_documents(checkpoint, n_docs, seed, params, generation=generation, source=source)
+        docs = sample_documents(
+            checkpoint,
+            n_docs,
+            seed,
+            params,
+            generation=generation,
+            source=source,
+            where=key_of(where, "params"),
+        )
         out.extend(docs)
         out.counts.update({f"gen{generation}/{k}": v for k, v in docs.counts.items()})
     return out

@@ -1,11 +1,11 @@
 """The filter contract: score once, decide cheaply.
 
-A filter is a small class with typed thresholds (`Params`, a dataclass whose defaults cite their origin) and two
-methods:
+A filter is a small class with typed thresholds (`Params`, a dataclass whose defaults cite their origin, checked
+by `workbench.config.params`) and two methods:
 
 - `signals(texts) -> {column: array}` computes per-document signals (word counts, ratios, a content hash, a
   MinHash signature, a classifier score) for a batch of texts. It must be a pure function of the texts and of
-  the parameters named in `signal_keys`, so its columns can be cached keyed by (source content, filter name,
+  the parameters named in `signal_keys`, so its columns can be cached keyed by (source content, filter type,
   those parameters, `version`) and computed in any number of worker processes with identical results.
 - `decide(columns, ctx) -> reasons` turns the whole source's (or the whole mixture's) signal columns into one
   reason per document: "" keeps it, a short name (`word_count`, `near_duplicate`) says why it is dropped.
@@ -15,8 +15,8 @@ Column conventions: every array's first axis is the document; 2-D arrays are fin
 (n_docs, num_perm)). A ragged per-document list is two columns, `<name>.flat` and `<name>.offsets` (length
 n_docs + 1), built with `ragged()`.
 
-Filters register themselves by `name` with `@register`; the pipeline builds them from config as
-`build_filter({"type": "gopher_quality", "min_words": 30})`, and an unknown key or type is a one-line error.
+Filter types register by their `name` with `@register`; `workbench/data/filters/__init__.py` imports every
+module that holds one. A mixture addresses its filters by its own names (`pipeline.py`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from workbench.config import ConfigError
+from workbench.config.params import bounded, check_fields, key_of
 
 REGISTRY: dict[str, type[Filter]] = {}
+FILTERS_KEY = "data.mixture.filters"
 
 
 @dataclass
@@ -50,20 +51,40 @@ class DecideContext:
     columns: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
+def fraction(default: float) -> Any:
+    """A `Params` field holding a share in [0, 1]."""
+    return bounded(default, ge=0, le=1)
+
+
+def check_params(params: Any, where: str) -> Any:
+    """Declared bounds and choices of a `Params` instance, then its own `check(where)`; returns it."""
+    check_fields(params, where)
+    check = getattr(params, "check", None)
+    if check is not None:
+        check(where)
+    return params
+
+
 class Filter:
     """Base class: subclasses set `name`, `Params`, `signal_keys`, and implement `signals` and `decide`."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # the filter type (registry key, cache key); a mixture may name it otherwise
     Params: ClassVar[type] = object
-    signal_keys: ClassVar[
-        tuple[str, ...]
-    ] = ()  # parameters that change the signals (the rest are thresholds)
+    # parameters that change the signals (the rest are thresholds)
+    signal_keys: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[int] = 1  # bump when the signal computation changes, so cached columns are recomputed
     corpus_level: ClassVar[bool] = False  # True: decide compares documents (dedup); sees all sources at once
+    # parameters holding names of mixture sources (checked against the mixture; `prepare` learns from them)
+    source_params: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, params: Any = None) -> None:
-        self.params = params if params is not None else self.Params()
-        self.label = self.name  # how the report names it (a mixture may use one filter type twice)
+    def __init__(self, params: Any = None, label: str | None = None) -> None:
+        self.label = label or self.name  # its name in data.mixture.filters: how the report names it
+        self.params = check_params(params if params is not None else self.Params(), self.key)
+
+    @property
+    def key(self) -> str:
+        """Where its parameters live: `data.mixture.filters.<label>`."""
+        return key_of(FILTERS_KEY, self.label)
 
     # -- to implement -------------------------------------------------------------------------------------
     def signals(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -81,7 +102,15 @@ class Filter:
     def training_sources(self) -> list[str]:
         """Sources `prepare` learns from; the pipeline caches the prepared state keyed by their contents and
         `signal_keys`, so a rerun with new thresholds does not train again."""
-        return []
+        return [s for key in self.source_params for s in getattr(self.params, key)]
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What `prepare` learned, as (numeric arrays, JSON-able values): the prepared-state cache stores it
+        without pickle. A filter that learns implements this and `load_state`."""
+        return {}, {}
+
+    def load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Restore what `state` returned, instead of calling `prepare`."""
 
     def describe(self) -> list[str]:
         """Lines for the report next to this filter's counts (e.g. the MinHash detection-probability curve)."""
@@ -107,42 +136,21 @@ class Filter:
 
 
 def register(cls: type[Filter]) -> type[Filter]:
+    """Class decorator: make a filter type available to `data.mixture.filters` under `cls.name`."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no name")
     REGISTRY[cls.name] = cls
     return cls
 
 
-def build_filter(spec: Mapping[str, Any], where: str = "data.mixture.filters") -> Filter:
-    """A filter from `{"type": <name>, <param>: <value>, ...}`; one-line ConfigError on a bad type or key."""
-    _load_builtin_filters()
-    spec = dict(spec)
-    kind = spec.pop("type", None)
-    if kind not in REGISTRY:
-        raise ConfigError(
-            f"{where}: type={kind!r} is not a filter; choose one of: {', '.join(sorted(REGISTRY))}"
-        )
-    cls = REGISTRY[kind]
-    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
-    for key in spec:
-        if key not in fields:
-            raise ConfigError(f"{where}.{kind}: unknown key {key!r}; allowed: {', '.join(fields)}")
-    try:
-        params = cls.Params(**spec)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}.{kind}: {exc}") from exc
-    check = getattr(params, "check", None)
-    if check is not None:
-        try:
-            check()
-        except ValueError as exc:
-            raise ConfigError(f"{where}.{kind}.{exc}") from exc
-    return cls(params)
+def utf8(text: str) -> bytes:
+    # surrogatepass: a lone surrogate (seen in scraped text) must hash, not raise
+    return text.encode("utf-8", "surrogatepass")
 
 
-def _load_builtin_filters() -> None:
-    # Importing the modules registers their filters.
-    from workbench.data.filters import classifier, dedup, heuristics  # noqa: F401
+def drop_where(drop: np.ndarray, reason: str) -> np.ndarray:
+    """`reason` where `drop` is true, "" elsewhere."""
+    return np.where(drop, reason, "")
 
 
 def stable_hash64(data: bytes) -> int:

@@ -20,19 +20,21 @@ Notebook use: `model = train_classifier(pos_texts, neg_texts, ngram_max=2)` then
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import xxhash
 
+from workbench.config.params import bounded, key_of, must
 from workbench.data.filters.base import DecideContext, Filter, register
 
-MODES = ("threshold", "pareto")
 HOLDOUT_BUCKETS = 10  # 1 in 10 training documents is held out (by a stable hash of its text)
 REASON = "low_quality"
 
@@ -110,7 +112,7 @@ def _sigmoid_scalar(z: float) -> float:
 
 @dataclass
 class HashedLogReg:
-    """A trained logistic regression over hashed n-grams; picklable (weights are one NumPy array)."""
+    """A trained logistic regression over hashed n-grams (its weights are one NumPy array)."""
 
     features: HashedFeatures
     weights: np.ndarray  # float64 [num_features]
@@ -269,14 +271,11 @@ def pareto_keep_probability(score: float | np.ndarray, alpha: float) -> np.ndarr
 # -- the filter ---------------------------------------------------------------------------------------------
 
 
-def _as_names(value: Any) -> Any:
-    """A list of source names from any non-string iterable (a Hydra ListConfig included); else unchanged."""
-    if isinstance(value, str | bytes):
-        return value
-    try:
-        return list(value)
-    except TypeError:
-        return value
+class ClassifierMode(StrEnum):
+    """How a score becomes a decision."""
+
+    pareto = "pareto"  # GPT-3: keep iff np.random.pareto(alpha) > 1 - score, drawn per document id
+    threshold = "threshold"  # keep iff score >= threshold
 
 
 _HYPER = (
@@ -293,83 +292,66 @@ _HYPER = (
 )
 
 
+@dataclass
+class QualityClassifierParams:
+    # curated sources (GPT-3: WebText, Wikipedia, books) and raw ones (GPT-3: unfiltered Common Crawl)
+    positive: list[str] = field(default_factory=list)
+    negative: list[str] = field(default_factory=list)
+    # word uni+bigrams (GPT-3 used Spark's unigram HashingTF; bigrams are a cheap gain)
+    ngram_max: int = bounded(2, ge=1)
+    num_features: int = bounded(2**18, ge=2)  # Spark HashingTF's default numFeatures (the tool GPT-3 used)
+    binary: bool = False  # False: term frequencies (HashingTF's default); True: presence
+    sign_hash: bool = True  # signed hashing, Weinberger et al. 2009 (unbiased under collisions)
+    # L2 penalty on the weights (workbench default; GPT-3 does not report one)
+    l2: float = bounded(1e-6, ge=0)
+    # passes and initial step (decayed linearly to 0, fastText-style): workbench defaults, chosen on
+    # synthetic overlapping-vocabulary data (rows are unit-norm and the gradient is a batch mean)
+    epochs: int = bounded(10, ge=1)
+    lr: float = bounded(10.0, gt=0)
+    batch_size: int = bounded(32, ge=0)  # documents per gradient step; 0 = full batch (workbench default)
+    seed: int = bounded(0, ge=0)  # training shuffle and Pareto draws
+    # cap per class (lowest text hashes first; null: all): bounds training time and the sparse matrix's
+    # memory (~16 bytes per distinct n-gram per document); workbench default
+    max_train_docs_per_class: int | None = bounded(20_000, ge=2)
+    class_balance: bool = True  # each class is half of the loss, so 0.5 is the neutral score
+    # GPT-3: pareto sampling; threshold: keep iff score >= threshold
+    mode: ClassifierMode = ClassifierMode.pareto
+    threshold: float = bounded(0.5, ge=0, le=1)  # mode=threshold: keep iff score >= threshold
+    pareto_alpha: float = bounded(9.0, gt=0)  # GPT-3 App. A: keep iff np.random.pareto(9) > 1 - score
+
+    def check(self, where: str) -> None:
+        for key in ("positive", "negative"):
+            names = getattr(self, key)
+            if not names or not all(names):
+                raise must(key_of(where, key), names, "a non-empty list of source names")
+            if len(set(names)) != len(names):
+                raise must(key_of(where, key), names, "a list that names each source once")
+        shared = sorted(set(self.positive) & set(self.negative))
+        if shared:
+            raise must(
+                key_of(where, "negative"),
+                self.negative,
+                f"disjoint from positive (shares {', '.join(shared)})",
+            )
+        for key in ("l2", "lr", "pareto_alpha"):
+            if not math.isfinite(getattr(self, key)):
+                raise must(key_of(where, key), getattr(self, key), "a finite number")
+
+
 @register
 class QualityClassifier(Filter):
     """Keep documents that look like the `positive` sources rather than the `negative` ones (GPT-3 App. A)."""
 
     name = "quality_classifier"
-
-    @dataclass
-    class Params:
-        # curated sources (GPT-3: WebText, Wikipedia, books) and raw ones (GPT-3: unfiltered Common Crawl)
-        positive: list[str] = field(default_factory=list)
-        negative: list[str] = field(default_factory=list)
-        # word uni+bigrams (GPT-3 used Spark's unigram HashingTF; bigrams are a cheap gain)
-        ngram_max: int = 2
-        num_features: int = 2**18  # Spark HashingTF's default numFeatures (the tool GPT-3 used)
-        binary: bool = False  # False: term frequencies (HashingTF's default); True: presence
-        sign_hash: bool = True  # signed hashing, Weinberger et al. 2009 (unbiased under collisions)
-        l2: float = 1e-6  # L2 penalty on the weights (workbench default; GPT-3 does not report one)
-        # passes and initial step (decayed linearly to 0, fastText-style): workbench defaults, chosen on
-        # synthetic overlapping-vocabulary data (rows are unit-norm and the gradient is a batch mean)
-        epochs: int = 10
-        lr: float = 10.0
-        batch_size: int = 32  # documents per gradient step; 0 = full batch (workbench default)
-        seed: int = 0  # training shuffle and Pareto draws
-        # cap per class (lowest text hashes first; null: all): bounds training time and the sparse matrix's
-        # memory (~16 bytes per distinct n-gram per document); workbench default
-        max_train_docs_per_class: int | None = 20_000
-        class_balance: bool = True  # each class is half of the loss, so 0.5 is the neutral score
-        mode: str = "pareto"  # GPT-3: "pareto" sampling; "threshold": keep iff score >= threshold
-        threshold: float = 0.5  # mode=threshold: keep iff score >= threshold
-        pareto_alpha: float = 9.0  # GPT-3 App. A: keep iff np.random.pareto(9) > 1 - score
-
-        def __post_init__(self) -> None:
-            self.positive = _as_names(self.positive)
-            self.negative = _as_names(self.negative)
-
-        def check(self) -> None:
-            """One-line ValueError "key=value must be ..." on the first bad value."""
-            for key in ("positive", "negative"):
-                names = getattr(self, key)
-                if not isinstance(names, list) or not names:
-                    raise ValueError(f"{key}={names!r} must be a non-empty list of source names")
-                if not all(isinstance(s, str) and s for s in names):
-                    raise ValueError(f"{key}={names!r} must be a list of non-empty source names")
-                if len(set(names)) != len(names):
-                    raise ValueError(f"{key}={names!r} must not name a source twice")
-            shared = sorted(set(self.positive) & set(self.negative))
-            if shared:
-                raise ValueError(
-                    f"negative={self.negative!r} must not share sources with positive ({', '.join(shared)})"
-                )
-            _int_at_least("ngram_max", self.ngram_max, 1)
-            _int_at_least("num_features", self.num_features, 2)
-            _int_at_least("epochs", self.epochs, 1)
-            _int_at_least("batch_size", self.batch_size, 0)
-            _int_at_least("seed", self.seed, 0)
-            if self.max_train_docs_per_class is not None:
-                _int_at_least("max_train_docs_per_class", self.max_train_docs_per_class, 2)
-            for key in ("binary", "sign_hash", "class_balance"):
-                if not isinstance(getattr(self, key), bool):
-                    raise ValueError(f"{key}={getattr(self, key)!r} must be true or false")
-            if not _is_real(self.l2) or not self.l2 >= 0:
-                raise ValueError(f"l2={self.l2!r} must be a number >= 0")
-            if not _is_real(self.lr) or not self.lr > 0:
-                raise ValueError(f"lr={self.lr!r} must be a number > 0")
-            if self.mode not in MODES:
-                raise ValueError(f"mode={self.mode!r} must be one of: {', '.join(MODES)}")
-            if not _is_real(self.threshold) or not 0.0 <= self.threshold <= 1.0:
-                raise ValueError(f"threshold={self.threshold!r} must be a number in [0, 1]")
-            if not _is_real(self.pareto_alpha) or not self.pareto_alpha > 0:
-                raise ValueError(f"pareto_alpha={self.pareto_alpha!r} must be a number > 0")
+    Params = QualityClassifierParams
+    source_params = ("positive", "negative")
 
     # everything that changes the trained weights, hence the scores (mode/threshold/pareto_alpha only decide;
     # seed also seeds the Pareto draws, but it retrains, so it is a signal key)
     signal_keys = ("positive", "negative", "max_train_docs_per_class", *_HYPER)  # what training depends on
 
-    def __init__(self, params: Any = None) -> None:
-        super().__init__(params)
+    def __init__(self, params: Any = None, label: str | None = None) -> None:
+        super().__init__(params, label)
         self.model: HashedLogReg | None = None
         self.training_digest: str | None = None
         self.stats: dict[str, Any] = {}
@@ -415,8 +397,26 @@ class QualityClassifier(Filter):
             "train_metrics": evaluate(self.model, train["positive"], train["negative"]),
         }
 
-    def training_sources(self) -> list[str]:
-        return [*self.params.positive, *self.params.negative]
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The trained weights (an array), and the bias, feature settings, data digest and statistics (JSON)."""
+        if self.model is None:
+            raise RuntimeError("quality_classifier: nothing to store before prepare()")
+        meta = {
+            "bias": self.model.bias,  # a JSON float round-trips exactly (shortest repr)
+            "features": dataclasses.asdict(self.model.features),
+            "training_digest": self.training_digest,
+            "stats": self.stats,
+        }
+        return {"weights": self.model.weights}, meta
+
+    def load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        features = HashedFeatures(**meta["features"])
+        weights = np.asarray(arrays["weights"], dtype=np.float64)
+        if weights.shape != (features.num_features,):
+            raise ValueError(f"stored weights have shape {weights.shape}, not ({features.num_features},)")
+        self.model = HashedLogReg(features, weights, float(meta["bias"]))
+        self.training_digest = meta["training_digest"]
+        self.stats = dict(meta["stats"])
 
     def extra_signal_spec(self) -> dict[str, Any]:
         """The training data's digest and the trained weights' digest (None before `prepare`: a key computed
@@ -476,12 +476,3 @@ class QualityClassifier(Filter):
 
 def _fmt(x: float) -> str:
     return "n/a" if x != x else f"{x:.3f}"
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _int_at_least(key: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{key}={value!r} must be an integer >= {low}")

@@ -1,264 +1,28 @@
-"""Deduplication filters: exact documents, repeated lines/paragraphs, and MinHash near-duplicates.
+"""MinHash near-duplicate removal: word n-gram signatures, LSH banding, union-find clusters, one keeper each.
 
-All three are corpus-level: `signals` hashes each document on its own (so it shards over workers and caches),
-`decide` compares documents in the pipeline's stable order (the order of `ctx.ids`; "first" means first there).
+MinHash signatures of word n-grams (Broder 1997), LSH banding (Leskovec, Rajaraman, Ullman, *Mining of Massive
+Datasets*, ch. 3) into candidate groups, union-find into clusters; one document per cluster is kept, the others
+are dropped as "near_duplicate". Corpus-level: `signals` hashes each document on its own (so it shards over
+workers and caches), `decide` compares documents in the pipeline's stable order.
 
-- `exact_dedup`: 128-bit BLAKE2b of the normalised text; every later copy is dropped as "duplicate".
-- `line_dedup`: 64-bit hashes of normalised lines (or paragraphs); a document whose characters are mostly
-  units already seen in earlier documents is dropped as "duplicate_lines".
-- `minhash`: MinHash signatures of word n-grams (Broder 1997), LSH banding (Leskovec, Rajaraman, Ullman,
-  *Mining of Massive Datasets*, ch. 3) into candidate groups, union-find into clusters; one document per cluster
-  is kept, the others are dropped as "near_duplicate".
-
-The MinHash pieces are plain functions too (`minhash_signatures`, `lsh_clusters`, `detection_probability`,
+The pieces are plain functions too (`minhash_signatures`, `lsh_clusters`, `detection_probability`,
 `shingle_sets`), used by `benchmarks/minhash.py`, `benchmarks/lsh_cluster.py` and the tests.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from enum import StrEnum
 
 import numpy as np
 import xxhash
 
-from workbench.data.filters.base import DecideContext, Filter, register
-
-_SCOPES = ("global", "source")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# shared helpers
-# ---------------------------------------------------------------------------------------------------------------
-def _utf8(text: str) -> bytes:
-    # surrogatepass: a lone surrogate (seen in scraped text) must hash, not raise
-    return text.encode("utf-8", "surrogatepass")
-
-
-def normalize_text(text: str, lowercase: bool = False) -> str:
-    """NFC, optionally lowercased, whitespace runs folded to one space, stripped (exact and line dedup)."""
-    text = unicodedata.normalize("NFC", text)
-    if lowercase:
-        text = text.lower()
-    return " ".join(text.split())
-
-
-def _scope_codes(ctx: DecideContext, scope: str, n: int) -> np.ndarray:
-    """One integer per document: 0 for all when scope="global", the source's code when scope="source"."""
-    if scope == "global" or n == 0:
-        return np.zeros(n, dtype=np.int64)
-    if len(ctx.sources) != n:
-        raise ValueError(f"ctx.sources has {len(ctx.sources)} entries for {n} documents")
-    _, codes = np.unique(np.asarray(ctx.sources, dtype=object).astype(str), return_inverse=True)
-    return codes.astype(np.int64).reshape(n)
-
-
-def _check_scope(scope: str) -> None:
-    if scope not in _SCOPES:
-        raise ValueError(f"scope: {scope!r} is not one of {', '.join(_SCOPES)}")
-
-
-def _reasons(drop: np.ndarray, reason: str) -> np.ndarray:
-    return np.where(drop, reason, "")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# exact_dedup
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class ExactDedupParams:
-    # workbench choice: case is content by default (set True to treat case variants as copies)
-    lowercase: bool = False
-    # "global": one copy across the whole mixture; "source": one copy per source (workbench choice: global)
-    scope: Literal["global", "source"] = "global"
-
-    def check(self) -> None:
-        _check_scope(self.scope)
-
-
-def exact_hashes(texts: Sequence[str], lowercase: bool = False) -> np.ndarray:
-    """(n_docs, 2) uint64: the 128-bit BLAKE2b digest of each normalised text, as two little-endian words.
-
-    128 bits, not 64: by the birthday bound, n distinct documents share some 64-bit hash with probability
-    ~ n^2 / 2^65, i.e. about 50% at n ~ 1.2 * 2^32 ~ 5e9 documents (a web crawl), and a collision here silently
-    drops a distinct document. With 128 bits the same probability at 1e11 documents is ~ 1e-17.
-    """
-    digests = b"".join(
-        hashlib.blake2b(_utf8(normalize_text(t, lowercase)), digest_size=16).digest() for t in texts
-    )
-    return np.frombuffer(digests, dtype="<u8").astype(np.uint64).reshape(len(texts), 2)
-
-
-def _first_occurrence(*keys: np.ndarray) -> np.ndarray:
-    """True where the key tuple appears for the first time in document order (keys: first = most significant)."""
-    n = len(keys[0])
-    if n == 0:
-        return np.zeros(0, dtype=bool)
-    order = np.lexsort(keys[::-1])  # stable: equal keys stay in document order
-    same = np.ones(n - 1, dtype=bool)  # sorted neighbour has the same key tuple
-    for key in keys:
-        k = key[order]
-        same &= k[1:] == k[:-1]
-    new = np.ones(n, dtype=bool)
-    new[1:] = ~same
-    first = np.empty(n, dtype=bool)
-    first[order] = new
-    return first
-
-
-@register
-class ExactDedup(Filter):
-    """Drop every later copy of a document whose normalised text equals an earlier one's."""
-
-    name = "exact_dedup"
-    Params = ExactDedupParams
-    signal_keys = ("lowercase",)
-    corpus_level = True
-
-    def __init__(self, params: ExactDedupParams | None = None) -> None:
-        super().__init__(params)
-        self.params.check()
-
-    def signals(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        h = exact_hashes(texts, self.params.lowercase)
-        return {"hash0": np.ascontiguousarray(h[:, 0]), "hash1": np.ascontiguousarray(h[:, 1])}
-
-    def decide(self, columns: Mapping[str, np.ndarray], ctx: DecideContext) -> np.ndarray:
-        h0, h1 = columns["hash0"], columns["hash1"]
-        scope = _scope_codes(ctx, self.params.scope, len(h0))
-        return _reasons(~_first_occurrence(scope, h0, h1), "duplicate")
-
-    def reasons(self) -> list[str]:
-        return ["duplicate"]
-
-    def describe(self) -> list[str]:
-        p = self.params
-        return [
-            f"exact_dedup: 128-bit BLAKE2b of NFC text, whitespace folded, lowercase={p.lowercase}; "
-            f"scope={p.scope}; the first copy in document order is kept"
-        ]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# line_dedup
-# ---------------------------------------------------------------------------------------------------------------
-_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
-
-
-@dataclass
-class LineDedupParams:
-    # "line": text.split("\n") (as heuristics.py); "paragraph": split at blank lines (dolma's paragraph unit)
-    unit: Literal["line", "paragraph"] = "line"
-    lowercase: bool = False  # workbench choice, as in exact_dedup
-    # Workbench choice: drop the whole document when more than half of its unit characters were already seen.
-    # dolma (bloom-filter paragraph dedup) and datatrove (sentence/line dedup) remove the duplicate spans and
-    # keep the rest of the document instead; the workbench's filters keep or drop whole documents.
-    max_duplicate_fraction: float = 0.5
-    scope: Literal["global", "source"] = "global"
-
-    def check(self) -> None:
-        if self.unit not in ("line", "paragraph"):
-            raise ValueError(f"unit: {self.unit!r} is not one of line, paragraph")
-        if not 0.0 <= self.max_duplicate_fraction <= 1.0:
-            raise ValueError(f"max_duplicate_fraction: {self.max_duplicate_fraction} is not in [0, 1]")
-        _check_scope(self.scope)
-
-
-def unit_hashes(text: str, unit: str = "line", lowercase: bool = False) -> tuple[list[int], list[int]]:
-    """64-bit xxh3 hashes and character lengths of a document's normalised, non-empty lines or paragraphs.
-
-    64 bits suffice here: a collision only marks one unit as seen (it does not drop a document on its own).
-    """
-    text = unicodedata.normalize("NFC", text)
-    if lowercase:
-        text = text.lower()
-    parts = text.split("\n") if unit == "line" else _PARAGRAPH_BREAK.split(text)
-    hashes: list[int] = []
-    lengths: list[int] = []
-    for part in parts:
-        u = " ".join(part.split())
-        if u:
-            hashes.append(xxhash.xxh3_64_intdigest(_utf8(u)))
-            lengths.append(len(u))
-    return hashes, lengths
-
-
-@register
-class LineDedup(Filter):
-    """Drop documents made mostly of lines (or paragraphs) that earlier documents already contain.
-
-    Definition: a unit occurrence in document i is a duplicate when the same normalised unit occurs in some
-    document j < i (in ctx order, within the scope), whether or not document j is itself kept. Repeats inside
-    one document do not count (that is the Gopher repetition filters' job). The decision for a document thus
-    never depends on the decisions for others, which makes it one vectorised pass and order-stable. A document
-    is dropped with reason "duplicate_lines" (for either unit) when duplicate characters / unit characters >
-    `max_duplicate_fraction`; a document with no non-empty unit is kept.
-    """
-
-    name = "line_dedup"
-    Params = LineDedupParams
-    signal_keys = ("unit", "lowercase")
-    corpus_level = True
-
-    def __init__(self, params: LineDedupParams | None = None) -> None:
-        super().__init__(params)
-        self.params.check()
-
-    def signals(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        hashes: list[int] = []
-        lengths: list[int] = []
-        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-        for i, text in enumerate(texts):
-            h, n = unit_hashes(text, self.params.unit, self.params.lowercase)
-            hashes.extend(h)
-            lengths.extend(n)
-            offsets[i + 1] = len(hashes)
-        return {
-            "unit_hash.flat": np.array(hashes, dtype=np.uint64),
-            "unit_hash.offsets": offsets,
-            "unit_chars.flat": np.array(lengths, dtype=np.int64),
-            "unit_chars.offsets": offsets.copy(),
-        }
-
-    def duplicate_fraction(self, columns: Mapping[str, np.ndarray], ctx: DecideContext) -> np.ndarray:
-        """Per document: characters of its duplicate units / characters of all its units (0 when none)."""
-        hashes, offsets = columns["unit_hash.flat"], columns["unit_hash.offsets"]
-        chars = columns["unit_chars.flat"].astype(np.float64)
-        n = len(offsets) - 1
-        doc = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
-        scope = _scope_codes(ctx, self.params.scope, n)[doc]
-        dup = np.zeros(len(hashes), dtype=bool)
-        if len(hashes):
-            order = np.lexsort((doc, hashes, scope))  # groups of equal (scope, unit), by document inside
-            s_scope, s_hash, s_doc = scope[order], hashes[order], doc[order]
-            start = np.ones(len(order), dtype=bool)
-            start[1:] = (s_scope[1:] != s_scope[:-1]) | (s_hash[1:] != s_hash[:-1])
-            group_start = np.maximum.accumulate(np.where(start, np.arange(len(order)), 0))
-            dup[order] = s_doc > s_doc[group_start]  # seen in an earlier document of the group
-        total = np.bincount(doc, weights=chars, minlength=n)
-        dup_chars = np.bincount(doc, weights=chars * dup, minlength=n)
-        return np.divide(dup_chars, total, out=np.zeros(n), where=total > 0)
-
-    def decide(self, columns: Mapping[str, np.ndarray], ctx: DecideContext) -> np.ndarray:
-        frac = self.duplicate_fraction(columns, ctx)
-        return _reasons(frac > self.params.max_duplicate_fraction, "duplicate_lines")
-
-    def reasons(self) -> list[str]:
-        return ["duplicate_lines"]
-
-    def describe(self) -> list[str]:
-        p = self.params
-        return [
-            f"line_dedup: unit={p.unit}, scope={p.scope}; a document is dropped when > "
-            f"{p.max_duplicate_fraction:g} of its {p.unit} characters already occur in earlier documents "
-            "(whole-document removal, a workbench choice; dolma/datatrove remove the spans instead)"
-        ]
-
+from workbench.config.params import bounded, key_of, must
+from workbench.data.filters.base import DecideContext, Filter, drop_where, register, utf8
 
 # ---------------------------------------------------------------------------------------------------------------
 # MinHash: shingles and signatures
@@ -286,7 +50,7 @@ def words(text: str) -> list[bytes]:
     if text.isascii():
         return text.encode("ascii").lower().translate(_ASCII_TABLE, _ASCII_DELETE).split()
     t = _PUNCT.sub("", unicodedata.normalize("NFC", text).lower())
-    return [_utf8(w) for w in t.split()]
+    return [utf8(w) for w in t.split()]
 
 
 def _fmix64(x: np.ndarray) -> np.ndarray:
@@ -424,9 +188,8 @@ def implied_threshold(bands: int, rows: int) -> float:
 
 def _band_keys(sig_DK: np.ndarray, band: int, rows: int) -> np.ndarray:
     """One uint64 per document for band `band`: a fixed mixing of its `rows` signature values."""
-    block = np.ascontiguousarray(
-        sig_DK[:, band * rows : (band + 1) * rows]
-    )  # one pass over the band's columns
+    # one pass over the band's columns
+    block = np.ascontiguousarray(sig_DK[:, band * rows : (band + 1) * rows])
     key = np.full(len(block), _WINDOW_INIT, dtype=np.uint64)
     for j in range(rows):
         key *= _WINDOW_MULT
@@ -547,43 +310,43 @@ def _pair_key(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 # minhash filter
 # ---------------------------------------------------------------------------------------------------------------
-_KEEP = ("first", "longest", "quality")
+class KeepPolicy(StrEnum):
+    """Which member of a near-duplicate cluster survives."""
+
+    first = "first"  # the first in document order
+    longest = "longest"  # the most characters
+    quality = "quality"  # the highest score in `quality_column`
 
 
 @dataclass
 class MinHashParams:
-    ngram: int = 5  # word 5-grams: datatrove MinhashConfig.n_grams / FineWeb
-    num_perm: int = 112  # 14 x 8: datatrove MinhashConfig / FineWeb
-    bands: int = 14  # datatrove num_buckets / FineWeb
-    rows: int = 8  # datatrove hashes_per_bucket / FineWeb
-    seed: int = (
-        1  # datatrove's and datasketch's default seed (our hash family differs, so values do not match)
-    )
+    ngram: int = bounded(5, ge=1)  # word 5-grams: datatrove MinhashConfig.n_grams / FineWeb
+    num_perm: int = bounded(112, ge=1)  # 14 x 8: datatrove MinhashConfig / FineWeb
+    bands: int = bounded(14, ge=1)  # datatrove num_buckets / FineWeb
+    rows: int = bounded(8, ge=1)  # datatrove hashes_per_bucket / FineWeb
+    # datatrove's and datasketch's default seed (our hash family differs, so values do not match)
+    seed: int = 1
     # Workbench choice: the Jaccard similarity we call a near-duplicate. It sets no LSH parameter: it is used
     # by the exact check (verify=True) and printed against the 14x8 curve (P(0.8) = 0.924, implied 0.719).
-    threshold: float = 0.8
+    threshold: float = bounded(0.8, gt=0, le=1)
     verify: bool = False  # exact Jaccard of candidate pairs; pairs below `threshold` are not merged
-    keep: Literal["first", "longest", "quality"] = "first"  # which member of a cluster survives
-    quality_column: str | None = (
-        None  # e.g. "quality_classifier/score" (higher is better), for keep="quality"
-    )
+    keep: KeepPolicy = KeepPolicy.first  # which member of a cluster survives
+    # e.g. "quality_classifier/score" (higher is better), for keep="quality"
+    quality_column: str | None = None
 
-    def check(self) -> None:
-        for key in ("ngram", "num_perm", "bands", "rows"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key}: {getattr(self, key)} must be >= 1")
+    def check(self, where: str) -> None:
         if self.bands * self.rows > self.num_perm:
-            raise ValueError(
-                f"bands: bands * rows = {self.bands} * {self.rows} = {self.bands * self.rows} "
-                f"exceeds num_perm = {self.num_perm}"
+            raise must(
+                key_of(where, "bands"),
+                self.bands,
+                f"<= num_perm / rows = {self.num_perm // self.rows} (bands * rows = {self.bands} * {self.rows} = "
+                f"{self.bands * self.rows} exceeds num_perm = {self.num_perm})",
             )
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold: {self.threshold} is not in (0, 1]")
-        if self.keep not in _KEEP:
-            raise ValueError(f"keep: {self.keep!r} is not one of {', '.join(_KEEP)}")
         if self.keep == "quality" and not self.quality_column:
-            raise ValueError(
-                'quality_column: keep="quality" needs a column such as "quality_classifier/score"'
+            raise must(
+                key_of(where, "quality_column"),
+                self.quality_column,
+                'a column such as "quality_classifier/score" when keep=quality',
             )
 
 
@@ -601,7 +364,7 @@ def keep_one_per_cluster(
     if keep == "first":
         return clustered & (roots != idx)
     if score is None or len(score) != n:
-        raise ValueError(f"keep={keep!r} needs one score per document")
+        raise ValueError(f"keep={str(keep)!r} needs one score per document")
     score = np.asarray(score, dtype=np.float64)
     score = np.where(np.isnan(score), -np.inf, score)
     members = np.flatnonzero(clustered)
@@ -626,10 +389,6 @@ class MinHashDedup(Filter):
     Params = MinHashParams
     signal_keys = ("ngram", "num_perm", "seed")
     corpus_level = True
-
-    def __init__(self, params: MinHashParams | None = None) -> None:
-        super().__init__(params)
-        self.params.check()
 
     def signals(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         p = self.params
@@ -667,12 +426,14 @@ class MinHashDedup(Filter):
             score = columns["chars"]
         elif p.keep == "quality":
             if p.quality_column not in ctx.columns:
-                raise ValueError(
-                    f"minhash.quality_column: {p.quality_column!r} is not among the signal columns "
-                    f"({', '.join(sorted(ctx.columns)) or 'none'}); add the filter that produces it"
+                raise must(
+                    key_of(self.key, "quality_column"),
+                    p.quality_column,
+                    f"one of the signal columns ({', '.join(sorted(ctx.columns)) or 'none'}); "
+                    "add the filter that produces it",
                 )
             score = ctx.columns[p.quality_column]
-        return _reasons(keep_one_per_cluster(roots, p.keep, score), "near_duplicate")
+        return drop_where(keep_one_per_cluster(roots, p.keep, score), "near_duplicate")
 
     def reasons(self) -> list[str]:
         return ["near_duplicate"]
