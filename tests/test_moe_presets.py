@@ -168,7 +168,7 @@ def test_aux_free_bias_and_expert_loads_are_saved_in_the_checkpoint(debug_overri
         "moe_aux_free", [*debug_overrides, "+debug=default", "budget.steps=4", "data.max_docs=60"]
     )
     result = workbench.run(cfg, print_summary=False)
-    state = torch.load(result.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(result.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     for layer in (0, 1):
         bias = state[f"network.blocks.{layer}.ffn.router.bias_E"]
         assert bias.dtype == torch.float32 and bias.abs().max() > 0  # 4 sign updates of 1e-3 moved it

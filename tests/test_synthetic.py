@@ -304,7 +304,7 @@ SAMPLING = {"max_new_tokens": 24, "min_chars": 1, "max_repeat": 1.0}
 
 
 def test_checkpoint_carries_config_and_tokenizer(checkpoint):
-    meta = torch.load(checkpoint, map_location="cpu", weights_only=False)["workbench"]
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["workbench"]
     assert meta["config"]["model"]["d_model"] == 64 and meta["config"]["model"]["vocab_size"] == 257
     assert meta["tokenizer_dir"] == str(Path(checkpoint).parent.parent / "tokenizer")
     assert (Path(meta["tokenizer_dir"]) / "workbench_tokenizer.json").is_file()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 import workbench
 from workbench.cost.flops import flops_per_token
@@ -261,3 +262,32 @@ def test_cli_multirun_prints_jobs_side_by_side(tmp_path, data_cache):
     assert sorted(r.data.params["moe.top_k"] for r in found) == ["1", "2"]
     checkpoints = sorted(r.data.tags["workbench.checkpoint"] for r in found)  # one folder per job
     assert checkpoints == [str(tmp_path / "out" / str(i) / "checkpoints" / "last.ckpt") for i in (0, 1)]
+
+
+class _Payload:
+    """Unpickling this runs `open(marker, "w")`: what a crafted checkpoint would do with a shell command."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_checkpoint_is_refused_without_running_its_payload(tmp_path):
+    import pickle
+
+    from workbench.config import ConfigError
+    from workbench.data.teacher import load_teacher
+    from workbench.runner import read_resume_state
+
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"global_step": 5, "workbench": {"x": _Payload(str(marker))}}, bad, pickle_module=pickle)
+    with pytest.raises(ConfigError, match=r"^ckpt_path=.*evil\.ckpt: not a loadable workbench checkpoint"):
+        read_resume_state(str(bad))
+    with pytest.raises(
+        ValueError, match=r"^teacher checkpoint .*evil\.ckpt is not a loadable workbench checkpoint"
+    ):
+        load_teacher(bad)
+    assert not marker.exists()

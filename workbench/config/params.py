@@ -265,9 +265,14 @@ def omegaconf_message(exc: OmegaConfBaseException, where: str = "", schema: type
             allowed = [f.name for f in dataclasses.fields(parent_type)]
         elif owner is not None and tp is None:
             allowed = [f.name for f in dataclasses.fields(owner)]
-        else:
+        else:  # an open mapping (filter parameters, tags): its keys are whatever the config set
             parent = getattr(exc, "parent_node", None)
             allowed = list(parent.keys()) if isinstance(parent, DictConfig) else []
+            parts = key_parts(exc)
+            at_field = schema is not None and field_at(schema, parts[:-1])[2] is not None
+            if not (at_field and hint):  # Hydra adds a key the composed config lacks only with a leading +
+                plus = f"a key the YAML does not set needs a leading +: +{key}=..."
+                hint = f"{hint}; {plus}" if hint else plus
         return str(unknown_key(key, allowed, hint))
     if isinstance(exc, MissingMandatoryValue):
         return f"{key} is not set; it has no default" + suffix

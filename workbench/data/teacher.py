@@ -77,7 +77,14 @@ def load_teacher(checkpoint: str | Path) -> Teacher:
     from workbench.models import build_model
 
     path = _check_file(checkpoint)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint named in a mixture YAML is an untrusted file and must not run code
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"teacher checkpoint {checkpoint} is not a loadable workbench checkpoint ({first})"
+        ) from exc
     meta = ckpt.get("workbench") or {}
     tree = meta.get("config")
     if tree is None:
