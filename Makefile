@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -m "not slow and not gpu" --durations=10 tests
+	$(BIN)/python -m pytest -n 2 -m "not slow and not gpu" --durations=10 tests
 	mkdir -p .cache
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.cache/notebook-tests.db $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks
 

@@ -216,6 +216,12 @@ def test_every_choice_is_implemented_by_its_component():
     assert list(HARDWARE) == list(HardwareName)
     assert list(LIGHTNING_PRECISION) == [str(p) for p in PrecisionPolicy]
     assert BACKENDS == tuple(ExpertsBackend)
+    from workbench.config.choices import SourceKind, SyntheticTask
+    from workbench.data.sources import GENERATED, READ
+    from workbench.data.synthetic import VERIFIERS
+
+    assert sorted([*READ, *GENERATED]) == sorted(SourceKind)
+    assert sorted(VERIFIERS) == sorted(SyntheticTask)
 
 
 def test_choices_compare_as_strings_and_record_as_values():

@@ -114,7 +114,10 @@ def test_val_bpb_matches_val_loss_for_bytes(moe_result):
 
 @pytest.mark.parametrize("preset", ["dense_debug", "moe_debug"])
 def test_debug_models_learn(preset, debug_overrides):
-    cfg = workbench.compose(preset, [*debug_overrides, "budget.steps=30", "trainer.val_every_n_steps=30"])
+    cfg = workbench.compose(
+        preset,
+        [*debug_overrides, "budget.steps=30", "trainer.val_every_n_steps=30", "trainer.log_every_n_steps=1"],
+    )
     result = workbench.run(cfg, print_summary=False)
     history = mlflow.MlflowClient().get_metric_history(result.run_id, "train/loss")
     first, last = history[0].value, min(h.value for h in history[-5:])
@@ -148,7 +151,8 @@ def test_money_budget_stops_the_run(debug_overrides):
 
 def test_resume_continues_step_count_and_run(debug_overrides, tmp_path):
     first = workbench.run(
-        workbench.compose("moe_debug", [*debug_overrides, "budget.steps=8"]), print_summary=False
+        workbench.compose("moe_debug", [*debug_overrides, "budget.steps=8", "trainer.log_every_n_steps=1"]),
+        print_summary=False,
     )
     resumed = workbench.run(
         workbench.compose(
@@ -156,6 +160,7 @@ def test_resume_continues_step_count_and_run(debug_overrides, tmp_path):
             [
                 *debug_overrides,
                 "budget.steps=14",
+                "trainer.log_every_n_steps=1",
                 f"ckpt_path={first.checkpoint}",
                 f"output_dir={tmp_path / 'out2'}",
             ],
@@ -210,7 +215,7 @@ def test_cli_end_to_end(tmp_path, data_cache):
 
 def test_resume_from_a_periodic_checkpoint_reproduces_the_uninterrupted_run(debug_overrides):
     # Same weights, optimiser, schedule and data position: the resumed steps repeat the original ones exactly.
-    overrides = [*debug_overrides, "budget.steps=16", "data.max_docs=60"]
+    overrides = [*debug_overrides, "budget.steps=16", "data.max_docs=60", "trainer.log_every_n_steps=1"]
     full = workbench.run(
         workbench.compose("moe_debug", [*overrides, "trainer.checkpoint_every_n_steps=10"]),
         print_summary=False,

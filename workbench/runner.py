@@ -96,8 +96,9 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
         )
         stop_reason, metrics = summarise(trainer, recipe, meter, datamodule, network, callbacks)
         if session is not None:
+            final = {**metrics, **recipe.last_routing_layers}  # per-layer statistics: MLflow only
             close_tracking(
-                session, metrics, stop_reason, checkpoint, network, trainer.global_step, cfg.tracking
+                session, final, stop_reason, checkpoint, network, trainer.global_step, cfg.tracking
             )
     result = RunResult(
         name=cfg.name,
@@ -309,9 +310,8 @@ def summarise(trainer, recipe, meter, datamodule, network, callbacks) -> tuple[s
     statistics (means over MoE layers), data accounting and parameter counts."""
     stop_reason = next((cb.stop_reason for cb in callbacks if getattr(cb, "stop_reason", None)), None)
     metrics: dict[str, float] = {k: float(v) for k, v in recipe.last_val.items()}
-    train_loss = trainer.callback_metrics.get("train/loss")
-    if train_loss is not None:
-        metrics["train/loss"] = float(train_loss)
+    if recipe.last_train_loss is not None:
+        metrics["train/loss"] = recipe.last_train_loss
     metrics.update(meter.metrics(trainer.strategy.root_device))
     metrics.update(recipe.last_routing)
     metrics.update(datamodule.metrics())
@@ -329,12 +329,19 @@ def close_tracking(
     from workbench.tracking.moe_report import log_expert_load
 
     session.log_metrics({"cost/peak_mem_gb": metrics["cost/peak_mem_gb"]}, step=step)
+    # A run shorter than trainer.log_every_n_steps never flushed its routing statistics: the run's MLflow
+    # metrics hold every summary value, logged at the last step where it was not logged before.
+    logged = session.client.get_run(session.run_id).data.metrics
+    session.log_metrics({k: v for k, v in metrics.items() if k not in logged}, step=step)
     session.set_tags(
         {"workbench.stop_reason": stop_reason or "budget", "workbench.checkpoint": str(checkpoint)}
     )
     if network.moe_layers():
         log_expert_load(session, network)
-    session.log_dict(metrics | {"global_step": step}, "summary.json")
+    session.log_dict(
+        {k: v for k, v in metrics.items() if not k.startswith("moe/layer")} | {"global_step": step},
+        "summary.json",
+    )
     if tracking.log_checkpoints:
         session.log_artifact(checkpoint, "checkpoints")
     session.finish()

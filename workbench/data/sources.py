@@ -215,37 +215,45 @@ def _file_key(checkpoint: str) -> dict[str, Any]:
     return {"path": str(p), "size": st.st_size if st else None, "mtime_ns": st.st_mtime_ns if st else None}
 
 
+def _synthetic_docs(name: str, src: SourceConfig, loaded: Mapping[str, SourceDocs], where: str) -> list[Doc]:
+    from workbench.data.synthetic import generate
+
+    params = key_of(where, "params")
+    return list(generate(src.generator, src.docs, src.seed, dict(src.params), source=name, where=params))
+
+
+def _inject_docs(name: str, src: SourceConfig, loaded: Mapping[str, SourceDocs], where: str) -> list[Doc]:
+    from workbench.data.synthetic import inject
+
+    base = loaded[src.base]
+    base_docs = [
+        Doc(i_, base.name, p, t)
+        for i_, p, t, s in zip(base.ids, base.paths, base.texts, base.splits, strict=True)
+        if s == "train"  # copies of held-out documents in training would contaminate validation
+    ]
+    return list(inject(base_docs, src.docs, src.seed, dict(src.params), where=key_of(where, "params")))
+
+
+def _teacher_docs(name: str, src: SourceConfig, loaded: Mapping[str, SourceDocs], where: str) -> list[Doc]:
+    from workbench.data.teacher import teacher_generations
+
+    checkpoints = [str(resolve_path(c)) for c in src.checkpoints]
+    return list(teacher_generations(checkpoints, src.docs, src.seed, src.mode, dict(src.params), where=where))
+
+
+# One line per generated kind (`SourceKind`); the other kinds are READ by `build_corpus`.
+GENERATED = {
+    SourceKind.synthetic: _synthetic_docs,
+    SourceKind.inject: _inject_docs,
+    SourceKind.teacher: _teacher_docs,
+}
+
+
 def _generate(name: str, src: SourceConfig, loaded: Mapping[str, SourceDocs]) -> list[Doc]:
     """Make a synthetic, inject or teacher source's documents (ids prefixed with the source name)."""
     where = source_key(name)
-    params = key_of(where, "params")
     try:
-        if src.kind == SourceKind.synthetic:
-            from workbench.data.synthetic import generate
-
-            docs = generate(src.generator, src.docs, src.seed, dict(src.params), source=name, where=params)
-        elif src.kind == SourceKind.inject:
-            from workbench.data.synthetic import inject
-
-            base = loaded[src.base]
-            base_docs = [
-                Doc(i_, base.name, p, t)
-                for i_, p, t, s in zip(base.ids, base.paths, base.texts, base.splits, strict=True)
-                if s == "train"  # copies of held-out documents in training would contaminate validation
-            ]
-            docs = list(inject(base_docs, src.docs, src.seed, dict(src.params), where=params))
-        else:
-            from workbench.data.teacher import teacher_generations
-
-            out = teacher_generations(
-                [str(resolve_path(c)) for c in src.checkpoints],
-                src.docs,
-                src.seed,
-                src.mode,
-                dict(src.params),
-                where=where,
-            )
-            docs = list(out)
+        docs = GENERATED[SourceKind(src.kind)](name, src, loaded, where)
     except ConfigError:
         raise  # already names its key
     except ValueError as exc:

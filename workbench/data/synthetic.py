@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from workbench.config.choices import SyntheticTask
 from workbench.config.params import bounded, key_of, must, not_allowed, parse
 from workbench.data.corpus import Doc
 
-GENERATORS = ("arithmetic", "sorting", "string")
+GENERATORS = tuple(SyntheticTask)
 INJECT_KINDS = ("exact", "near", "junk")
 JUNK_STYLES = ("noise", "mash", "repeat", "boilerplate", "control", "lorem")
 STRING_TASKS = ("reverse", "upper", "count", "palindrome", "length")

@@ -53,7 +53,9 @@ class LMRecipe(pl.LightningModule):
         self._val_sums = torch.zeros(3, dtype=torch.float64)  # nats, tokens, bytes
         self.mlflow_run_id: str | None = None
         self.last_val: dict[str, float] = {}
+        self._last_ce: torch.Tensor | None = None  # the last step's cross-entropy (no host sync per step)
         self.last_routing: dict[str, float] = {}  # the latest moe/* layer means
+        self.last_routing_layers: dict[str, float] = {}  # the latest moe/layer<i>/* statistics
         self.checkpoint_meta: dict = {}  # extra entries for checkpoint["workbench"] (the runner sets them)
 
     def forward(self, idx_BT: torch.Tensor):
@@ -74,13 +76,20 @@ class LMRecipe(pl.LightningModule):
         if not torch.isfinite(loss):  # a diverged run stops here with its reason instead of training on NaN
             raise FloatingPointError(f"train/total_loss is {loss.item()} at step {self.global_step}")
         self.log("train/loss", ce.detach(), on_step=True, prog_bar=True)
+        self._last_ce = ce.detach()
         self.log("train/total_loss", loss.detach(), on_step=True)
         if aux.layers and self.global_step % self.stats_every == 0:
             routing = self.routing_metrics(aux)
             self.log_dict(routing, on_step=True)
             # for the run summary: a later stand-alone validate() clears the trainer's callback_metrics
             self.last_routing = {k: v for k, v in routing.items() if not k.startswith("moe/layer")}
+            self.last_routing_layers = {k: v for k, v in routing.items() if k.startswith("moe/layer")}
         return loss
+
+    @property
+    def last_train_loss(self) -> float | None:
+        """The last training step's cross-entropy, for the run summary (whatever the logging interval)."""
+        return None if self._last_ce is None else float(self._last_ce)
 
     def routing_metrics(self, aux) -> dict[str, float]:
         """moe/* for one training micro-batch: per-layer and mean statistics, each balancing loss unscaled and
