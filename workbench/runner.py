@@ -125,6 +125,8 @@ def process_settings(t: TrainerConfig) -> Iterator[None]:
     """`trainer.num_threads` and a console kept to the progress bar and the summary, for the run only: the
     thread count, log levels and warning filters are restored afterwards (a notebook's process is left as
     it was). Lightning's INFO lines repeat what the summary says, and under Hydra they print twice."""
+    import lightning.pytorch  # noqa: F401  (it sets its loggers to INFO when first imported)
+
     threads = torch.get_num_threads()
     levels = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
     with warnings.catch_warnings():
