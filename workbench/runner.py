@@ -250,7 +250,7 @@ def open_tracking(cfg: TrainConfig, network, datamodule, resume: dict[str, Any] 
     t = cfg.tracking
     if resume and resume.get("mlflow_run_id"):
         session = TrackingSession.resume(resume["mlflow_run_id"], t.tracking_uri)
-        session.set_tags({"workbench.resumed_from": f"{resume['path']}@step{resume['global_step']}"})
+        session.set_tags({**tags, "workbench.resumed_from": f"{resume['path']}@step{resume['global_step']}"})
     else:
         name = t.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         session = TrackingSession.start(t.experiment_name, name, tags, t.tracking_uri)
@@ -264,7 +264,6 @@ def open_tracking(cfg: TrainConfig, network, datamodule, resume: dict[str, Any] 
         shape = MoEShape.of(cfg.moe, cfg.model.d_ff)
         params |= {f"moe.built.{k}": v for k, v in dataclasses.asdict(shape).items()}
     session.log_params(params)  # a resumed run records only keys it does not have yet
-    session.set_tags(tags)
     step = resume["global_step"] if resume else None
     session.log_text(OmegaConf.to_yaml(tree), f"config_resume_step{step}.yaml" if resume else "config.yaml")
     session.log_dict(datamodule.stats, "data_stats.json")

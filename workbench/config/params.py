@@ -168,9 +168,10 @@ def check_fields(obj: Any, where: str) -> None:
                 )
         allowed = enum_type(hints.get(f.name))
         if allowed is not None and value is not None:
+            values = choices(allowed)
             for v in value if isinstance(value, list | tuple) else [value]:
-                if v not in set(choices(allowed)):
-                    raise not_allowed(key, v, choices(allowed))
+                if v not in values:
+                    raise not_allowed(key, v, values)
         _check_nested(value, key)
 
 
@@ -257,7 +258,8 @@ def omegaconf_message(exc: OmegaConfBaseException, where: str = "", schema: type
     """One line for an OmegaConf error, from its attributes (full_key, value, object_type) and the schema."""
     full_key = getattr(exc, "full_key", None) or ""
     key = key_of(where, full_key) if full_key else where
-    owner, tp, _, hint = field_at(schema, key_parts(exc)) if schema is not None else (None, None, None, "")
+    parts = key_parts(exc)
+    owner, tp, _, hint = field_at(schema, parts) if schema is not None else (None, None, None, "")
     suffix = f" ({hint})" if hint else ""
     if isinstance(exc, ConfigAttributeError | ConfigKeyError):
         parent_type = getattr(exc, "object_type", None)
@@ -268,7 +270,6 @@ def omegaconf_message(exc: OmegaConfBaseException, where: str = "", schema: type
         else:  # an open mapping (filter parameters, tags): its keys are whatever the config set
             parent = getattr(exc, "parent_node", None)
             allowed = list(parent.keys()) if isinstance(parent, DictConfig) else []
-            parts = key_parts(exc)
             at_field = schema is not None and field_at(schema, parts[:-1])[2] is not None
             if not (at_field and hint):  # Hydra adds a key the composed config lacks only with a leading +
                 plus = f"a key the YAML does not set needs a leading +: +{key}=..."

@@ -122,6 +122,9 @@ class TrackingSession:
     def log_artifact(self, local_path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), folder)
 
+    def log_artifacts(self, local_dir: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), folder)
+
     def log_figure(self, figure, path: str) -> None:
         """A matplotlib Figure saved as the artifact `path` (no pyplot, no backend change)."""
         self.client.log_figure(self.run_id, figure, path)

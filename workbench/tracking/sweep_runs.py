@@ -76,7 +76,7 @@ def close_study_run(
     """Summary metrics, the study's files, and FINISHED (or KILLED while trials are missing)."""
     session = TrackingSession(client_for(tracking_uri), run_id)
     session.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)})
-    session.client.log_artifacts(run_id, str(artifacts))
+    session.log_artifacts(artifacts)
     session.set_tags({"workbench.study_state": "finished" if finished else "incomplete"})
     session.finish("FINISHED" if finished else "KILLED")
 
@@ -151,10 +151,6 @@ def record_failed_trial(
         return session.run_id
     except Exception:
         return None
-
-
-def fail_run(run_id: str, reason: str, tracking_uri: str | None = None) -> None:
-    TrackingSession(client_for(tracking_uri), run_id).fail(reason)
 
 
 def tag_trial_run(run_id: str | None, state: str, values: Mapping[str, Any], tracking_uri: str | None = None):
