@@ -1,7 +1,11 @@
 """Train one experiment: `python train.py +experiment=moe_debug moe.capacity_factor=1.5` (`-m` for a multirun).
 
 Every override is composed and validated before any work starts (multiruns: every combination), so a bad key
-or value ends the command with one line naming it and exit status 2.
+or value ends the command with one line naming it and exit status 2. A failure while running (a diverged
+loss, a full disk, an unwritable folder, an unreachable tracking store or dataset, a corrupt checkpoint) ends
+it with one line and exit status 1, its MLflow run FAILED with the same reason; `--verbose` (or
+HYDRA_FULL_ERROR=1) shows the traceback instead. Ctrl-C or SIGTERM stop the run: its MLflow run is KILLED and
+`ckpt_path=last` resumes it.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from workbench.config import ConfigError, register_configs, to_object
+from workbench.config import register_configs, to_object
+from workbench.config.errors import interrupt_on_signals, one_line_errors, verbose_requested
 from workbench.preflight import check_command_line
+
+VERBOSE = False
 
 
 def _per_job_output_dir(cfg):
@@ -35,21 +42,23 @@ def _per_job_output_dir(cfg):
 def main(dcfg: DictConfig) -> dict[str, float | str | None]:
     from workbench.runner import run
 
-    try:
-        # run() validates, and may still find bad input that only the data reveals (a missing file, an
-        # empty split): one line, exit status 2, like a bad override
+    # run() validates again, and may find bad input only the data reveals (a missing file, an empty split)
+    with one_line_errors(VERBOSE):
         result = run(_per_job_output_dir(to_object(dcfg)))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     return {"name": result.name, "run_id": result.run_id, **result.metrics}
 
 
 if __name__ == "__main__":
+    VERBOSE = verbose_requested(sys.argv)
+    interrupt_on_signals()
     register_configs()
-    try:
+    with one_line_errors(VERBOSE):
         check_command_line(sys.argv[1:])
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as exc:
+        print(
+            f"interrupted ({exc or 'Ctrl-C'}): `ckpt_path=last` with the same output_dir resumes",
+            file=sys.stderr,
+        )
+        sys.exit(130)

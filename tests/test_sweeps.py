@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -401,7 +402,7 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path, sweep_env, t
     assert (config_fail["state"] == "FAIL").all() and len(config_fail) == 2
     assert config_fail["reason"].str.contains("moe.top_k=4 > moe.num_experts=2").all()
     assert (nan_fail["state"] == "FAIL").all() and len(nan_fail) == 3
-    assert nan_fail["reason"].str.contains("FloatingPointError: train/total_loss is nan").all()
+    assert nan_fail["reason"].str.contains("train/total_loss is nan at step").all()
     assert (df.drop(config_fail.index.union(nan_fail.index))["state"] == "COMPLETE").all()
     assert counts(res.study.get_trials())["done"] == 8
     kids = _children(tracking_uri, res.parent_run_id)
@@ -494,7 +495,10 @@ def test_killed_worker_trial_is_retried_and_the_study_completes(tmp_path, sweep_
                 break
     out, _ = launcher.communicate(timeout=300)
     assert killed is not None, out[-2000:]
-    assert "exited with status -9" in out
+    # the launcher saw the worker die: its trial is retried at once (no grace period) and the worker restarted
+    assert re.search(
+        r"note: worker [01] was killed \(SIGKILL\); its trial is retried and the worker restarted", out
+    )
     study = optuna.load_study(study_name="kill", storage=open_storage(f"journal:{journal}"))
     trials = {t.number: t for t in study.trials}
     assert trials[killed].state == TrialState.FAIL and trials[killed].user_attrs[T.STALE]

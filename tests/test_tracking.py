@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from workbench.config import NonFiniteLoss
 from workbench.tracking.session import EXPERIMENT_KIND, FAILURE_REASON, TrackingSession
 
 
@@ -30,10 +31,14 @@ def test_a_session_records_and_finishes(tracking_uri):
 def test_a_failing_block_marks_the_run_failed_with_its_reason(tracking_uri):
     with pytest.raises(FloatingPointError):
         with TrackingSession.start("exp", "run-b", tracking_uri=tracking_uri) as s:
-            raise FloatingPointError("train/total_loss is nan at step 7")
+            raise NonFiniteLoss("train/total_loss is nan at step 7")
     run = s.client.get_run(s.run_id)
     assert run.info.status == "FAILED"
-    assert run.data.tags[FAILURE_REASON] == "FloatingPointError: train/total_loss is nan at step 7"
+    assert run.data.tags[FAILURE_REASON] == "train/total_loss is nan at step 7"  # a known failure: its line
+    with pytest.raises(ZeroDivisionError):
+        with TrackingSession.start("exp", "run-bug", tracking_uri=tracking_uri) as b:
+            raise ZeroDivisionError("division by zero\nmore")
+    assert b.client.get_run(b.run_id).data.tags[FAILURE_REASON] == "ZeroDivisionError: division by zero"
     with pytest.raises(KeyboardInterrupt):
         with TrackingSession.start("exp", "run-c", tracking_uri=tracking_uri) as k:
             raise KeyboardInterrupt
@@ -51,6 +56,8 @@ def test_resume_and_nesting(tracking_uri):
 
 def test_a_run_leaves_the_process_settings_as_it_found_them():
     import logging
+
+    import lightning.pytorch  # noqa: F401  (importing it sets its loggers' levels; a run restores those)
 
     from workbench.config.schema import TrainerConfig
     from workbench.runner import process_settings

@@ -7,20 +7,25 @@ stage (`workbench.data`), precision and the trainer (`workbench.training`), the 
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
 from itertools import product
+from pathlib import Path
 
 from workbench.config import ConfigError, TrainConfig, check_fields, compose_dictconfig, to_object
 from workbench.cost.budget import validate_budget
 from workbench.cost.hardware import validate_cost
 from workbench.data import validate_data
 from workbench.models import validate_model
+from workbench.paths import resolve_path
 from workbench.training.precision import validate_precision
 from workbench.training.trainer import validate_trainer
 
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError (one line naming the key) on the first value the run could not use."""
+    validate_paths(cfg)
     validate_model(cfg.model, cfg.moe)
     validate_precision(cfg.precision)
     validate_data(cfg.data)
@@ -28,6 +33,37 @@ def validate(cfg: TrainConfig) -> None:
     validate_budget(cfg.budget)
     validate_cost(cfg.cost, cfg.trainer.accelerator)
     check_fields(cfg.tracking, "tracking")
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def validate_paths(cfg: TrainConfig) -> None:
+    """`name` is one folder name; no output path climbs out of where it points with `..`; every output folder
+    can be created (its nearest existing parent is a writable folder)."""
+    if not _NAME.fullmatch(cfg.name) or ".." in cfg.name:
+        raise ConfigError(
+            f"name={cfg.name!r}: a run name is one folder name of letters, digits and _ . + - "
+            "(it names output folders)"
+        )
+    for key, value in (("output_dir", cfg.output_dir), ("data.cache_dir", cfg.data.cache_dir)):
+        check_output_path(key, value)
+
+
+def check_output_path(key: str, value: str) -> Path:
+    """The resolved folder of an output path, refused with one line naming `key` if it has a `..` component
+    or cannot be written."""
+    if ".." in Path(value).parts:
+        raise ConfigError(f"{key}={value}: '..' is not allowed in an output path; give the folder itself")
+    path = resolve_path(value)
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{key}={value}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={value}: cannot write in {parent} (permission denied)")
+    return path
 
 
 def compose(experiment: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -87,3 +123,20 @@ def check_command_line(argv: Sequence[str]) -> None:
         if i >= MAX_COMBINATIONS:
             break
         compose(None, list(combo))
+    check_hydra_dirs(argv)
+
+
+def check_hydra_dirs(argv: Sequence[str]) -> None:
+    """Hydra's own output folder (a multirun's sweep dir, relative to the working directory like Hydra takes
+    it) must be writable too; a run's folder is `output_dir`, checked with the config."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    given = {
+        a.split("=", 1)[0]: a.split("=", 1)[1]
+        for a in argv
+        if a.startswith(("hydra.sweep.dir=", "hydra.run.dir="))
+    }
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    value = given.get(key, "outputs/multirun" if multirun else None)
+    if value:
+        fixed = value.split("${", 1)[0] or "."  # the part before the first interpolation
+        check_output_path(key, str(Path.cwd() / fixed) if not Path(fixed).is_absolute() else fixed)

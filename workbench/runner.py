@@ -64,7 +64,8 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
     """Train `cfg` until its budget is spent; log everything to MLflow; return the final metrics.
 
     `callbacks` are extra Lightning callbacks (a sweep's pruning callback); one that stops training early
-    says why in its `stop_reason` attribute, which becomes the run's stop reason.
+    says why in its `stop_reason` attribute, which becomes the run's stop reason. Any failure after the MLflow
+    run opened closes it FAILED (an interrupt: KILLED) with the reason, and is raised again.
     """
     validate(cfg)
     with process_settings(cfg.trainer):
@@ -75,8 +76,13 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
         from workbench.training.precision import lightning_precision
         from workbench.training.trainer import build_trainer
 
+        if cfg.tracking.enabled:  # a store that cannot be written fails now, not after the data stage
+            from workbench.tracking.session import check_tracking
+
+            check_tracking(cfg.tracking.tracking_uri)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        resume = read_resume_state(cfg.ckpt_path) if cfg.ckpt_path else None
+        out_dir = resolve_path(cfg.output_dir)
+        resume = read_resume_state(cfg.ckpt_path, out_dir, cfg.name) if cfg.ckpt_path else None
         datamodule = prepare_data(cfg.data, cfg.seed)
         cfg = resolve(cfg, datamodule.vocab_size)
         network = build_model(cfg.model, cfg.moe, cfg.precision)
@@ -84,22 +90,35 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
         if note:
             print(f"note: {note}")
         plan = plan_cost(cfg.model, cfg.moe, cfg.data, cfg.trainer, cfg.budget, cfg.cost, precision)
-        out_dir = resolve_path(cfg.output_dir)
         recipe = build_recipe(network, cfg, datamodule, plan.max_steps, resume, out_dir)
         session = open_tracking(cfg, network, datamodule, resume) if cfg.tracking.enabled else None
-        meter = CostMeter(plan.rates, cfg.budget, cfg.trainer.log_every_n_steps)
-        logger = lightning_logger(session, cfg.tracking.experiment_name)
-        trainer = build_trainer(cfg.trainer, precision, plan.max_steps, [meter, *callbacks], logger, out_dir)
-        recipe.mlflow_run_id = session.run_id if session else None
-        checkpoint = train(
-            trainer, recipe, datamodule, resume, session, out_dir, cfg.trainer.val_every_n_steps
-        )
-        stop_reason, metrics = summarise(trainer, recipe, meter, datamodule, network, callbacks)
-        if session is not None:
-            final = {**metrics, **recipe.last_routing_layers}  # per-layer statistics: MLflow only
-            close_tracking(
-                session, final, stop_reason, checkpoint, network, trainer.global_step, cfg.tracking
+        try:
+            previous = session.previous_attempt() if session and resume else None
+            meter = CostMeter(
+                plan.rates,
+                cfg.budget,
+                cfg.trainer.log_every_n_steps,
+                report=session.report_progress if session else None,
+                previous=previous,
             )
+            logger = lightning_logger(session, cfg.tracking.experiment_name, meter.logged_through)
+            trainer = build_trainer(
+                cfg.trainer, precision, plan.max_steps, [meter, *callbacks], logger, out_dir
+            )
+            recipe.mlflow_run_id = session.run_id if session else None
+            checkpoint = train(trainer, recipe, datamodule, resume, out_dir, cfg.trainer.val_every_n_steps)
+            stop_reason, metrics = summarise(trainer, recipe, meter, datamodule, network, callbacks)
+            if session is not None:
+                final = {**metrics, **recipe.last_routing_layers}  # per-layer statistics: MLflow only
+                close_tracking(
+                    session, final, stop_reason, checkpoint, network, trainer.global_step, cfg.tracking
+                )
+        except BaseException as exc:
+            if session is not None:
+                from workbench.config.errors import failure_reason
+
+                session.fail_quietly(failure_reason(exc), killed=isinstance(exc, KeyboardInterrupt))
+            raise
     result = RunResult(
         name=cfg.name,
         metrics=metrics,
@@ -144,18 +163,45 @@ def process_settings(t: TrainerConfig) -> Iterator[None]:
                 logging.getLogger(name).setLevel(level)
 
 
-def read_resume_state(ckpt_path: str) -> dict[str, Any]:
-    """The step and workbench metadata (MLflow run, schedule length) of the checkpoint to resume from."""
-    path = resolve_path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    # weights_only: a checkpoint is an untrusted file and must not run code; mmap: only the small metadata
-    # entries are read here, Lightning loads the tensors once, in fit.
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"ckpt_path={ckpt_path}: not a loadable workbench checkpoint ({first})") from exc
+def read_resume_state(ckpt_path: str, out_dir: Path, name: str) -> dict[str, Any] | None:
+    """The step and workbench metadata (MLflow run, schedule length) of the checkpoint to resume from.
+
+    `ckpt_path=last` takes the newest loadable checkpoint of `<output_dir>/checkpoints` (with the default
+    timestamped output_dir: of every earlier run of experiment `name`), skipping truncated or corrupt files
+    with a note; with none there, the run starts from step 0.
+    """
+    from workbench.training.checkpoints import candidates, load_metadata
+
+    if ckpt_path != "last":
+        path = resolve_path(ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        try:
+            return _resume_state(path, load_metadata(path))
+        except ValueError as exc:
+            raise ConfigError(f"ckpt_path={ckpt_path}: not a loadable workbench checkpoint ({exc})") from exc
+    folders = [out_dir / "checkpoints"]
+    if not folders[0].is_dir() and out_dir.parent == resolve_path(f"outputs/{name}"):
+        folders = sorted(out_dir.parent.glob("*/checkpoints"))
+    found = sorted(
+        (p for f in folders for p in candidates(f)), key=lambda p: p.stat().st_mtime_ns, reverse=True
+    )
+    for path in found:
+        try:
+            state = _resume_state(path, load_metadata(path))
+        except ValueError as exc:
+            print(f"note: ckpt_path=last: skipped {path}, not a loadable checkpoint ({exc})")
+            continue
+        print(f"note: ckpt_path=last: resuming from {path} (step {state['global_step']})")
+        return state
+    where = " or ".join(str(f) for f in folders) if len(folders) < 3 else f"{out_dir.parent}/*/checkpoints"
+    if found:
+        raise ConfigError(f"ckpt_path=last: none of the {len(found)} checkpoints in {where} is loadable")
+    print(f"note: ckpt_path=last: no checkpoint in {where} yet; training from step 0")
+    return None
+
+
+def _resume_state(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
     return {"path": str(path), "global_step": ckpt.get("global_step", 0), **ckpt.get("workbench", {})}
 
 
@@ -236,7 +282,7 @@ def open_tracking(cfg: TrainConfig, network, datamodule, resume: dict[str, Any] 
 
     from workbench.models.moe import MoEShape
     from workbench.tracking.mlflow_utils import flatten, git_commit
-    from workbench.tracking.session import TrackingSession
+    from workbench.tracking.session import TrackingSession, close_dead_runs
 
     sha, dirty = git_commit()
     tags = {
@@ -254,6 +300,10 @@ def open_tracking(cfg: TrainConfig, network, datamodule, resume: dict[str, Any] 
     else:
         name = t.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         session = TrackingSession.start(t.experiment_name, name, tags, t.tracking_uri)
+    # Runs of this experiment whose process died without closing them (kill -9, a lost machine) stay RUNNING
+    # forever otherwise; the next run on the same host closes them KILLED with the reason.
+    for run_id, reason in close_dead_runs(session.client, [session.experiment_id]):
+        print(f"note: closed MLflow run {run_id} as KILLED: {reason}")
     tree = to_container(cfg)
     params = flatten(tree)
     if cfg.model.ffn != "moe":
@@ -275,20 +325,37 @@ def open_tracking(cfg: TrainConfig, network, datamodule, resume: dict[str, Any] 
     return session
 
 
-def lightning_logger(session, experiment_name: str):
-    """Lightning's MLFlowLogger attached to the session's run (step metrics of fit), or None."""
+def lightning_logger(session, experiment_name: str, logged_through: int = -1):
+    """Lightning's MLFlowLogger attached to the session's run (step metrics of fit), or None; a resumed run's
+    logger skips the steps the run has logged already."""
     if session is None:
         return None
-    from lightning.pytorch.loggers import MLFlowLogger
+    from workbench.tracking.step_logger import StepLogger
 
-    return MLFlowLogger(
-        experiment_name=experiment_name, tracking_uri=session.tracking_uri, run_id=session.run_id
+    return StepLogger(
+        experiment_name=experiment_name,
+        tracking_uri=session.tracking_uri,
+        run_id=session.run_id,
+        logged_through=logged_through,
     )
 
 
-def train(trainer, recipe, datamodule, resume, session, out_dir: Path, val_every: int) -> Path:
+def train(trainer, recipe, datamodule, resume, out_dir: Path, val_every: int) -> Path:
     """Fit until the budget (or a callback) stops it, validate at the last step if that was not a validation
-    step, and save `checkpoints/last.ckpt`. A failure marks the run FAILED (Ctrl-C: KILLED) with its reason."""
+    step, and save `checkpoints/last.ckpt`.
+
+    An interrupt (Ctrl-C, or SIGTERM where the entry point turns it into one) is raised as KeyboardInterrupt:
+    Lightning turns it into `sys.exit(1)` and leaves SIGINT ignored, which would hide it from the caller and
+    disable Ctrl-C for the rest of a notebook session; the SIGINT handler is restored.
+    """
+    import signal
+    import threading
+
+    from workbench.training.callbacks import InterruptWatch
+
+    watch = next((cb for cb in trainer.callbacks if isinstance(cb, InterruptWatch)), None)
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
         trainer.fit(recipe, datamodule=datamodule, ckpt_path=resume["path"] if resume else None)
         if trainer.interrupted:
@@ -297,12 +364,17 @@ def train(trainer, recipe, datamodule, resume, session, out_dir: Path, val_every
         if not recipe.last_val or last_val_step != trainer.global_step:
             trainer.validate(recipe, datamodule=datamodule, verbose=False)
         last = out_dir / "checkpoints" / "last.ckpt"
-        last.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(last)
     except BaseException as exc:
-        if session is not None:
-            session.fail(f"{type(exc).__name__}: {exc}", killed=isinstance(exc, KeyboardInterrupt))
+        seen = watch.exception if watch is not None else None
+        if isinstance(seen, KeyboardInterrupt) and not isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt(str(seen) or "interrupted") from None
+        if type(exc).__name__ == "SIGTERMException":  # Lightning's own SIGTERM handler (no entry point's)
+            raise KeyboardInterrupt("SIGTERM") from None
         raise
+    finally:
+        if main_thread and signal.getsignal(signal.SIGINT) is not sigint:
+            signal.signal(signal.SIGINT, sigint)
     return last
 
 

@@ -14,7 +14,7 @@ from workbench.config.compose import (
     to_container,
     to_object,
 )
-from workbench.config.errors import ConfigError
+from workbench.config.errors import ConfigError, NonFiniteLoss, RunFailure, Unavailable
 from workbench.config.params import bounded, check_fields, parse
 from workbench.config.schema import (
     BudgetConfig,
@@ -38,6 +38,9 @@ __all__ = [
     "DataConfig",
     "MixtureConfig",
     "ModelConfig",
+    "NonFiniteLoss",
+    "RunFailure",
+    "Unavailable",
     "MoEConfig",
     "PrecisionConfig",
     "RouterConfig",

@@ -31,6 +31,7 @@ from typing import Any
 import datasets
 
 from workbench.config import ConfigError
+from workbench.config.errors import Unavailable, first_line
 from workbench.config.schema import DataConfig
 from workbench.paths import project_root, resolve_path
 
@@ -309,9 +310,29 @@ def file_documents(files: list[Path], text_field: str, cache_root: Path, skips: 
     return docs
 
 
+def _offline() -> bool:
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes")
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
 def hub_documents(cfg: DataConfig, skips: Skips) -> list[Doc]:
     """The first ``max_docs`` rows of a hub split (streaming or downloaded into the Hugging Face cache)."""
-    ds = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.hub_split, streaming=cfg.hub_streaming)
+    try:
+        ds = datasets.load_dataset(
+            cfg.hub_id, cfg.hub_config, split=cfg.hub_split, streaming=cfg.hub_streaming
+        )
+    except (ValueError, KeyError) as exc:  # a bad config or split name: datasets says which
+        raise ConfigError(
+            f"data.hub_id={cfg.hub_id} (hub_config={cfg.hub_config}, hub_split={cfg.hub_split}): {first_line(exc)}"
+        ) from exc
+    except Exception as exc:  # offline, unreachable, missing or gated: datasets raises several types
+        offline = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if _offline() else ""
+        raise Unavailable(
+            f"data.hub_id={cfg.hub_id}: cannot load split {cfg.hub_split!r} from the Hugging Face hub{offline}: "
+            f"{type(exc).__name__}: {first_line(exc)}"
+        ) from exc
     if cfg.max_docs is not None:
         ds = ds.take(cfg.max_docs) if cfg.hub_streaming else ds.select(range(min(cfg.max_docs, len(ds))))
     where = f"{cfg.hub_id}/{cfg.hub_config or 'default'}/{cfg.hub_split}"

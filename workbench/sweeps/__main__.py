@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -20,28 +21,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="print the study's Pareto table; run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log files, CI)")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of a failure")
     args = parser.parse_args(argv)
 
-    from workbench.config import ConfigError
+    from workbench.config.errors import interrupt_on_signals, one_line_errors
 
+    # SIGTERM stops a study like Ctrl-C. A worker records its interrupted trial and exits; repeated signals
+    # (the terminal's Ctrl-C and the launcher's SIGTERM both reach it) do not cut that bookkeeping short.
+    interrupt_on_signals(repeat="ignore" if args.worker_index is not None else "raise")
+    verbose = args.verbose or os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
-        if args.report:
-            from workbench.sweeps.results import SweepResults
+        with one_line_errors(verbose):
+            if args.report:
+                from workbench.sweeps.results import SweepResults
 
-            SweepResults.load(args.spec, args.overrides).print()
-            return 0
-        from workbench.sweeps.study import run_sweep
+                SweepResults.load(args.spec, args.overrides).print()
+                return 0
+            from workbench.sweeps.study import run_sweep
 
-        run_sweep(
-            args.spec,
-            args.overrides,
-            workers=args.workers,
-            progress=not args.no_progress,
-            worker_index=args.worker_index,
-        )
-    except (ConfigError, KeyError) as exc:
-        print(f"error: {str(exc).strip(chr(39))}", file=sys.stderr)
-        return 2
+            run_sweep(
+                args.spec,
+                args.overrides,
+                workers=args.workers,
+                progress=not args.no_progress,
+                worker_index=args.worker_index,
+            )
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume the study", file=sys.stderr)
         return 130

@@ -15,7 +15,9 @@ from workbench.sweeps import trial as T
 from workbench.sweeps.spec import SweepSpec
 
 PARENT = "workbench.mlflow_parent_run_id"  # study attribute: the MLflow parent run
-INTERRUPTED = "workbench.interrupted"  # trial attribute: failed by Ctrl-C, run again
+SPEC_ERROR = "workbench.spec_error"  # study attribute: a mistake in the spec every trial would repeat
+INTERRUPTED = "workbench.interrupted"  # trial attribute: stopped by Ctrl-C / SIGTERM, run again
+SPEC_FAILED = "workbench.spec_failed"  # trial attribute: ended by a spec mistake, not by its configuration
 
 
 def default_storages() -> tuple[str, str]:
@@ -73,7 +75,7 @@ def resolve_storage(spec: SweepSpec, workers: int) -> str:
 
 def counts(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, int]:
     """Finished trials as the trial budget counts them: a failure of the configuration itself counts, a trial
-    whose worker died (retried) or that was interrupted (re-run) does not."""
+    whose worker died (retried), that was interrupted (re-run) or that a spec mistake ended does not."""
     out = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0, "lost": 0}
     for t in trials:
         if t.state == TrialState.COMPLETE:
@@ -89,6 +91,7 @@ def counts(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, int]:
                 T.REASON in t.user_attrs
                 and not t.user_attrs.get(T.STALE)
                 and not t.user_attrs.get(INTERRUPTED)
+                and not t.user_attrs.get(SPEC_FAILED)
             )
             out["failed" if counted else "lost"] += 1
     out["done"] = out["complete"] + out["pruned"] + out["failed"]

@@ -5,6 +5,8 @@ all workers)."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,9 +23,17 @@ from workbench.paths import project_root, resolve_path
 from workbench.sweeps import trial as T
 from workbench.sweeps.results import SweepResults
 from workbench.sweeps.spec import SweepSpec, grid_key, load_spec
-from workbench.sweeps.storage import INTERRUPTED, PARENT, counts, open_storage, resolve_storage
+from workbench.sweeps.storage import (
+    INTERRUPTED,
+    PARENT,
+    SPEC_ERROR,
+    SPEC_FAILED,
+    counts,
+    open_storage,
+    resolve_storage,
+)
 from workbench.sweeps.ui import StudyProgress, print_trial
-from workbench.tracking.sweep_runs import tag_trial_run
+from workbench.tracking.sweep_runs import close_trial_run, tag_trial_run
 
 SPACE = "workbench.space"
 
@@ -73,6 +83,11 @@ def open_study(spec: SweepSpec, storage_url: str, seed_offset: int = 0) -> optun
     if spec.study_name in optuna.get_all_study_names(storage):
         existing = optuna.load_study(study_name=spec.study_name, storage=storage)
         theirs = existing.user_attrs.get(SPACE)
+        c = counts(existing.get_trials(deepcopy=False))
+        if theirs and theirs != spec.space_fingerprint() and c["done"] == 0 and c["running"] == 0:
+            theirs = None  # nothing finished yet (a spec mistake stopped it): the corrected spec takes over
+            existing.set_user_attr(SPACE, spec.space_fingerprint())
+            existing.set_user_attr("workbench.spec", spec.as_dict())
         if [d.name.lower() for d in existing.directions] != directions or (
             theirs and theirs != spec.space_fingerprint()
         ):
@@ -95,7 +110,7 @@ def open_study(spec: SweepSpec, storage_url: str, seed_offset: int = 0) -> optun
     if SPACE not in study.user_attrs:
         study.set_user_attr(SPACE, spec.space_fingerprint())
         study.set_user_attr("workbench.spec", spec.as_dict())
-        study.set_user_attr("workbench.objectives", [o.metric for o in spec.objectives])
+    study.set_user_attr("workbench.objectives", [o.metric for o in spec.objectives])
     return study
 
 
@@ -103,7 +118,6 @@ def fail_stale_trials(study: optuna.Study, spec: SweepSpec) -> list[int]:
     """Fail every running trial without a heartbeat for `grace_s` and enqueue its retry (at most `max_retry`
     times per configuration). Safe when several workers do it at once: only the one whose state change wins
     enqueues the retry."""
-    storage = study._storage
     now = time.time()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -112,36 +126,58 @@ def fail_stale_trials(study: optuna.Study, spec: SweepSpec) -> list[int]:
         if now - last <= spec.grace_s:
             continue
         reason = f"worker {t.user_attrs.get(T.WORKER, '?')} sent no heartbeat for {now - last:.0f} s (grace_s={spec.grace_s:g})"
-        try:
-            storage.set_trial_user_attr(t._trial_id, T.STALE, True)
-            storage.set_trial_user_attr(t._trial_id, T.REASON, reason)
-            won = storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except (UpdateFinishedTrialError, RuntimeError):
-            continue  # another worker (or the trial itself) finished it first
-        if won is False:
-            continue
-        failed.append(t.number)
-        history = [*t.system_attrs.get("retry_history", []), t.number]
-        if len(history) <= spec.max_retry:
-            # Like optuna's RetryHeartbeatStaleTrialCallback, without copying the dead trial's attributes.
-            study.add_trial(
-                optuna.create_trial(
-                    state=TrialState.WAITING,
-                    params=t.params,
-                    distributions=t.distributions,
-                    system_attrs={"failed_trial": history[0], "retry_history": history},
-                    user_attrs={"workbench.retry_of": t.number},
-                )
-            )
+        if retire_trial(study, spec, t, reason, T.STALE):
+            failed.append(t.number)
     return failed
+
+
+def retire_trial(
+    study: optuna.Study, spec: SweepSpec, t: optuna.trial.FrozenTrial, reason: str, kind: str
+) -> bool:
+    """End a trial that produced no result through no fault of its configuration, and queue its
+    configuration again: `kind` T.STALE (its worker died; FAIL, retried at most `max_retry` times) or
+    INTERRUPTED (Ctrl-C / SIGTERM; FAIL, always re-run). Neither counts against the trial budget. Its MLflow
+    run, if one was opened, is closed FAILED (stale) or KILLED (interrupted) with the reason. Returns False
+    when another process finished the trial first (it then did all of this)."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(t._trial_id, kind, True)
+        storage.set_trial_user_attr(t._trial_id, T.REASON, reason)
+        won = storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    except (UpdateFinishedTrialError, RuntimeError):
+        return False  # another worker (or the trial itself) finished it first
+    if won is False:
+        return False
+    history = [*t.system_attrs.get("retry_history", []), t.number]
+    if kind == INTERRUPTED or len(history) <= spec.max_retry:
+        # Like optuna's RetryHeartbeatStaleTrialCallback, without copying the dead trial's attributes.
+        study.add_trial(
+            optuna.create_trial(
+                state=TrialState.WAITING,
+                params=t.params,
+                distributions=t.distributions,
+                system_attrs={"failed_trial": history[0], "retry_history": history},
+                user_attrs={"workbench.retry_of": t.number},
+            )
+        )
+    close_trial_run(
+        study.user_attrs.get(PARENT),
+        t.number,
+        t.user_attrs.get(T.RUN_ID),
+        reason,
+        killed=kind == INTERRUPTED,
+    )
+    return True
 
 
 def enqueue_grid(study: optuna.Study, spec: SweepSpec) -> int:
     """Enqueue every grid point the study has not run, is not running and has not queued; returns how many."""
+    retried = (T.STALE, INTERRUPTED, SPEC_FAILED)  # re-queued by retire_trial, or not a result of the point
     seen = {
         grid_key(t.params)
         for t in study.get_trials(deepcopy=False)
-        if t.state != TrialState.FAIL or (T.REASON in t.user_attrs and not t.user_attrs.get(T.STALE))
+        if t.state != TrialState.FAIL
+        or (T.REASON in t.user_attrs and not any(t.user_attrs.get(k) for k in retried))
     }
     added = 0
     for point in spec.grid():
@@ -202,11 +238,13 @@ def work(
     worker_index: int = 0,
 ) -> int:
     """Run trials until the study holds its trial budget of finished trials (or the deadline passes);
-    returns how many this worker ran. `on_trial(frozen_trial)` is called after each."""
+    returns how many this worker ran. `on_trial(frozen_trial)` is called after each. A spec mistake found by
+    any worker (SPEC_ERROR on the study) stops every worker with that message."""
     budget = trial_budget(spec)
     out_root = str(resolve_path(f"outputs/sweeps/{spec.study_name}"))
     ran = 0
     while True:
+        raise_spec_error(study)
         fail_stale_trials(study, spec)
         c = counts(study.get_trials(deepcopy=False))
         if budget is not None and c["done"] >= budget:
@@ -218,6 +256,7 @@ def work(
             continue
         trial = study.ask()
         try:
+            trial.set_user_attr(T.WORKER, worker_id())
             frozen = _run_and_tell(spec, study, trial, parent_run_id, out_root)
         except UpdateFinishedTrialError:
             # Another worker declared this trial dead (no heartbeat for grace_s: a suspended machine, a very
@@ -226,10 +265,34 @@ def work(
                 f"note: trial {trial.number} was failed as stale by another worker; its retry counts instead"
             )
             continue
+        except KeyboardInterrupt:
+            interrupt_trial(study, spec, trial._trial_id)
+            raise
         ran += 1
         if on_trial is not None:
             on_trial(frozen)
     return ran
+
+
+def worker_id(pid: int | None = None) -> str:
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def interrupt_trial(study: optuna.Study, spec: SweepSpec, trial_id: int) -> bool:
+    """Record a running trial as interrupted (not failed, not counted), close its MLflow run KILLED and queue
+    its configuration again, so the same command re-runs it."""
+    t = study._storage.get_trial(trial_id)
+    if t.state != TrialState.RUNNING:
+        return False
+    return retire_trial(
+        study, spec, t, "interrupted (Ctrl-C or SIGTERM); the same command re-runs it", INTERRUPTED
+    )
+
+
+def raise_spec_error(study: optuna.Study) -> None:
+    message = study._storage.get_study_user_attrs(study._study_id).get(SPEC_ERROR)
+    if message:
+        raise ConfigError(message)
 
 
 def _run_and_tell(spec, study, trial, parent_run_id, out_root) -> optuna.trial.FrozenTrial:
@@ -239,15 +302,13 @@ def _run_and_tell(spec, study, trial, parent_run_id, out_root) -> optuna.trial.F
         with T.Heartbeat(study._storage, trial._trial_id, spec.heartbeat_s):
             outcome = T.run_trial(spec, trial, parent_run_id, out_root)
             values = dict(trial.params)
-    except KeyboardInterrupt:
-        trial.set_user_attr(T.REASON, "interrupted (Ctrl-C); the same command re-runs it")
-        trial.set_user_attr(INTERRUPTED, True)
-        study.tell(trial, state=TrialState.FAIL)
-        tag_trial_run(trial.user_attrs.get(T.RUN_ID), "FAIL", dict(trial.params))
-        raise
-    except ConfigError as exc:  # a spec mistake every trial would repeat (an unknown objective metric)
+    except T.SpecError as exc:
+        # Every trial would repeat it: this one is not counted, and every worker stops with the message.
         trial.set_user_attr(T.REASON, str(exc))
+        trial.set_user_attr(SPEC_FAILED, True)
+        study.set_user_attr(SPEC_ERROR, str(exc))
         study.tell(trial, state=TrialState.FAIL)
+        close_trial_run(parent_run_id, trial.number, trial.user_attrs.get(T.RUN_ID), str(exc), killed=False)
         raise
     if outcome.state == TrialState.COMPLETE:
         frozen = study.tell(trial, outcome.values)
@@ -297,6 +358,8 @@ def run_sweep(
 
     url = resolve_storage(spec, workers)
     study = open_study(spec, url)
+    if study.user_attrs.get(SPEC_ERROR):  # the command was run again, presumably with the mistake fixed
+        study.set_user_attr(SPEC_ERROR, None)
     if spec.sampler.type == "grid":
         enqueue_grid(study, spec)
     parent = ensure_parent_run(spec, study, url)
@@ -310,7 +373,7 @@ def run_sweep(
             if workers == 1:
                 work(spec, study, parent, deadline, bar.on_trial)
             else:
-                launch_workers(spec, spec_path, overrides, url, workers, bar)
+                launch_workers(spec, spec_path, overrides, url, workers, bar, study)
         finished = budget is None or counts(study.get_trials(deepcopy=False))["done"] >= budget
     finally:
         results = SweepResults(study, spec, storage_url=url, parent_run_id=parent)
@@ -318,14 +381,25 @@ def run_sweep(
     return results
 
 
-def launch_workers(spec, spec_path, overrides, url: str, workers: int, bar) -> None:
+STOP_TIMEOUT_S = 30.0  # how long interrupted workers may take to record their trials before SIGKILL
+MAX_RESPAWNS = 3  # per worker slot: a worker killed by a signal is restarted this many times
+
+
+def launch_workers(spec, spec_path, overrides, url: str, workers: int, bar, study: optuna.Study) -> None:
     """Start N worker processes on the shared storage (one GPU each when there are GPUs), follow the study
-    from its storage, and wait for them. A worker's output goes to outputs/sweeps/<study>/worker<i>.log."""
+    from its storage, and wait for them. A worker's output goes to outputs/sweeps/<study>/worker<i>.log.
+
+    A worker killed by a signal (kill -9, the OOM killer) has its running trial retried at once and is
+    restarted (MAX_RESPAWNS per slot). Ctrl-C / SIGTERM of the launcher is forwarded to the workers (SIGTERM,
+    which they treat as Ctrl-C); they record their trials as interrupted within STOP_TIMEOUT_S, or are
+    killed and the launcher records those trials. A spec mistake found by one worker stops them all.
+    """
     log_dir = resolve_path(f"outputs/sweeps/{spec.study_name}")
     log_dir.mkdir(parents=True, exist_ok=True)
     gpus = _gpu_ids()
-    procs = []
-    for i in range(workers):
+    logs = [open(log_dir / f"worker{i}.log", "a") for i in range(workers)]  # noqa: SIM115 - closed below
+
+    def start(i: int) -> subprocess.Popen:
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
@@ -342,26 +416,77 @@ def launch_workers(spec, spec_path, overrides, url: str, workers: int, bar) -> N
             "--worker-index",
             str(i),
         ]
-        log = open(log_dir / f"worker{i}.log", "a")  # noqa: SIM115 - closed when the worker ends
-        procs.append(
-            (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=project_root()), log)
-        )
+        return subprocess.Popen(cmd, env=env, stdout=logs[i], stderr=subprocess.STDOUT, cwd=project_root())
+
+    procs = [start(i) for i in range(workers)]
+    respawns = [0] * workers
+    ended: list[int] = []  # pids of workers that are gone
     try:
-        while any(p.poll() is None for p, _ in procs):
+        while any(p.poll() is None for p in procs):
             bar.poll()
-            time.sleep(1.0)
+            if study._storage.get_study_user_attrs(study._study_id).get(SPEC_ERROR):
+                break
+            for i, p in enumerate(procs):
+                if p.returncode is not None and p.returncode < 0 and respawns[i] < MAX_RESPAWNS:
+                    name = signal.Signals(-p.returncode).name
+                    retire_worker_trials(study, spec, [p.pid], f"worker {i} was killed ({name})", T.STALE)
+                    ended.append(p.pid)
+                    respawns[i] += 1
+                    print(
+                        f"note: worker {i} was killed ({name}); its trial is retried and the worker restarted"
+                    )
+                    procs[i] = start(i)
+            time.sleep(0.5)
         bar.poll()
     except KeyboardInterrupt:
-        for p, _ in procs:
-            p.terminate()
+        stop_workers(procs)
+        retire_worker_trials(
+            study,
+            spec,
+            [p.pid for p in procs],
+            "interrupted (Ctrl-C or SIGTERM); the same command re-runs it",
+        )
         raise
     finally:
-        for p, log in procs:
-            p.wait()
+        stop_workers(procs)  # a no-op when they have all exited
+        for log in logs:
             log.close()
-    for i, (p, _) in enumerate(procs):
+    pids = [*ended, *(p.pid for p in procs)]
+    retire_worker_trials(study, spec, pids, "its worker exited without finishing it", T.STALE)
+    raise_spec_error(study)
+    for i, p in enumerate(procs):
         if p.returncode:
             print(f"worker {i} exited with status {p.returncode}; see {log_dir / f'worker{i}.log'}")
+
+
+def stop_workers(procs: Sequence[subprocess.Popen], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM every running worker, wait up to `timeout_s` for all, SIGKILL the rest. A second Ctrl-C
+    while waiting kills them at once."""
+    alive = [p for p in procs if p.poll() is None]
+    for p in alive:
+        p.send_signal(signal.SIGTERM)
+    end = time.time() + timeout_s
+    try:
+        while any(p.poll() is None for p in alive) and time.time() < end:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass
+    for p in alive:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def retire_worker_trials(
+    study: optuna.Study, spec: SweepSpec, pids: Sequence[int], reason: str, kind: str = INTERRUPTED
+) -> list[int]:
+    """Retire the RUNNING trials of workers `pids` of this host (gone now): interrupted or stale."""
+    owners = {worker_id(pid) for pid in pids}
+    done = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(T.WORKER) in owners and retire_trial(study, spec, t, reason, kind):
+            done.append(t.number)
+    return done
 
 
 def _gpu_ids() -> list[str]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ from typing import Any
 import optuna
 from optuna_integration import PyTorchLightningPruningCallback
 
+from workbench.config.errors import ConfigError, failure_reason
 from workbench.sweeps.spec import SweepSpec, sample_overrides
 from workbench.tracking.sweep_runs import (
     close_seeds_run,
@@ -37,6 +36,10 @@ STEPS = "workbench.train_steps"
 DUPLICATE = "workbench.duplicate_of"
 
 
+class SpecError(ConfigError):
+    """A mistake in the study spec that every trial would repeat (a metric no run produces): the study stops."""
+
+
 class StepPruning(PyTorchLightningPruningCallback):
     """optuna-integration's Lightning pruning callback, reporting at the training step.
 
@@ -57,12 +60,17 @@ class StepPruning(PyTorchLightningPruningCallback):
             return
         score = trainer.callback_metrics.get(self.monitor)
         if score is None:
-            raise KeyError(f"pruner.monitor={self.monitor!r} is not a validation metric of this run")
+            produced = ", ".join(sorted(k for k in trainer.callback_metrics if k.startswith("val/")))
+            raise SpecError(
+                f"pruner.monitor={self.monitor}: this run produces no such validation metric; produced: {produced}"
+            )
         step = trainer.global_step
         value = float(score)
         if not math.isfinite(value):
             return  # a NaN validation loss ends the trial as failed through the training-loss check
         self._trial.report(value, step=step)
+        if trainer.max_steps > 0 and step >= trainer.max_steps:
+            return  # the budget is spent: the trial completes with its result, nothing is left to save
         if self._trial.should_prune():
             self.pruned_at = step
             self.stop_reason = f"pruned at step {step} ({self.monitor}={value:.4f})"
@@ -132,12 +140,10 @@ def run_trial(
 ) -> TrialOutcome:
     """Train one trial's configuration (once per seed) and return its outcome. Never raises for a failed
     run: the failure becomes the outcome with its reason, so the study goes on."""
-    from workbench.config import ConfigError
     from workbench.preflight import compose
     from workbench.runner import run
 
     values = suggest(spec, trial)
-    trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
     if spec.reuse_duplicates:
         # Training is deterministic for a seed, so a configuration the study has completed is not re-trained
         # (samplers over small categorical spaces propose repeats); the trial records the earlier result.
@@ -205,21 +211,28 @@ def run_trial(
                     pruning.stop_reason,
                     pruning.pruned_at,
                 )
-    except ConfigError as exc:
-        return _failed(trial, spec, values, parent_run_id, f"ConfigError: {exc}", seeds_parent, steps)
-    except KeyboardInterrupt:
+    except SpecError:
+        if seeds_parent is not None:
+            seeds_parent.fail_quietly("the study stopped on a spec mistake")
         raise
+    except KeyboardInterrupt:
+        if seeds_parent is not None:
+            seeds_parent.fail_quietly("interrupted", killed=True)
+        raise
+    except (
+        ConfigError
+    ) as exc:  # this configuration cannot run (a value the search space allows, the model not)
+        return _failed(trial, spec, values, parent_run_id, f"ConfigError: {exc}", seeds_parent, steps)
     except Exception as exc:  # a crashed or diverged run: recorded, and the study goes on
-        return _failed(
-            trial, spec, values, parent_run_id, f"{type(exc).__name__}: {exc}", seeds_parent, steps
-        )
+        return _failed(trial, spec, values, parent_run_id, failure_reason(exc), seeds_parent, steps)
 
     trial.set_user_attr(STEPS, steps)
     metrics = mean_over_seeds(seed_results)
     missing = [m for m in spec.tracked_metrics() if m not in metrics]
     if missing:
         available = ", ".join(sorted(k for k in metrics if "/layer" not in k))
-        raise ConfigError(
+        close_seeds_run(seeds_parent, seed_results, "FAILED")
+        raise SpecError(
             f"{spec.path}: metric {missing[0]!r} is not produced by these runs; available: {available}"
         )
     for m in spec.tracked_metrics():

@@ -8,14 +8,20 @@ it started with and records only what is new). Everything goes through one `Mlfl
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from workbench.config.errors import Unavailable, failure_reason, first_line
 from workbench.tracking.mlflow_utils import artifact_root, quiet_mlflow_logs, resolve_tracking_uri
 
 FAILURE_REASON = "workbench.failure_reason"
+# Which process holds a RUNNING run: a run whose process is gone was killed and is closed (`close_dead_runs`).
+HOST, PID, PID_STARTED = "workbench.host", "workbench.pid", "workbench.pid_started"
+PROGRESS = "workbench.progress"  # a training run's computed totals at its last log (lost work on resume)
 # MLflow 3.17's UI opens an experiment on its GenAI overview unless the experiment carries this kind.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 MAX_PARAM_CHARS = 6000
@@ -28,6 +34,84 @@ def client_for(tracking_uri: str | None = None):
 
     quiet_mlflow_logs()
     return mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+
+
+def check_tracking(tracking_uri: str | None = None, key: str = "tracking.tracking_uri"):
+    """An MlflowClient on the store, after one cheap read proves it answers; else `Unavailable` naming the
+    URI (a bad scheme, an unwritable SQLite folder, a server that does not answer). Runs before the data stage,
+    so a bad store costs seconds, not a prepared corpus."""
+    uri = resolve_tracking_uri(tracking_uri)
+    where = key if tracking_uri else ("MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else key)
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:  # MLflow's own client retries for minutes; one short request says whether anything listens
+            requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
+        except Exception as exc:
+            raise Unavailable(
+                f"{where}={uri}: the MLflow server does not answer ({first_line(exc)})"
+            ) from exc
+    for attempt in range(4):
+        try:
+            client = client_for(uri)
+            client.search_experiments(max_results=1)
+            return client
+        except Exception as exc:
+            # Processes that create one new SQLite store at the same moment race in its schema migration;
+            # the loser finds the schema made by the winner when it tries again.
+            if uri.startswith("sqlite:") and attempt < 3:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise Unavailable(f"{where}={uri}: cannot open the MLflow store ({first_line(exc)})") from exc
+
+
+def owner_tags() -> dict[str, str]:
+    """This process as the holder of a run: host, pid and the pid's start time (pids are reused)."""
+    return {HOST: socket.gethostname(), PID: str(os.getpid()), PID_STARTED: _started(os.getpid()) or ""}
+
+
+def _started(pid: int) -> str | None:
+    """The start time of process `pid` in clock ticks since boot (Linux /proc), or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]  # field 22, after the parenthesised name
+    except (OSError, IndexError):
+        return None
+
+
+def dead_owner(tags: Mapping[str, str]) -> str | None:
+    """Why a RUNNING run's process is known to be gone (same host, pid gone or reused), else None."""
+    if tags.get(HOST) != socket.gethostname() or not tags.get(PID, "").isdigit():
+        return None
+    pid = int(tags[PID])
+    started = _started(pid)
+    if started is None or (tags.get(PID_STARTED) and started != tags[PID_STARTED]):
+        return f"its process {pid} on {tags[HOST]} ended without closing the run (killed)"
+    return None
+
+
+def close_dead_runs(
+    client, experiment_ids: list[str], older_than_s: float | None = None
+) -> list[tuple[str, str]]:
+    """Close RUNNING runs whose process is gone as KILLED, with the reason as `workbench.failure_reason`; with
+    `older_than_s`, also runs on other hosts that logged nothing for that long. Returns (run id, reason)."""
+    closed = []
+    now_ms = time.time() * 1000
+    runs = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=1000)
+    for r in runs:
+        reason = dead_owner(r.data.tags)
+        if reason is None and older_than_s is not None and r.data.tags.get(HOST) != socket.gethostname():
+            last = max([m.timestamp for m in _latest(client, r)] or [r.info.start_time or now_ms])
+            if now_ms - last > older_than_s * 1000:
+                reason = f"nothing logged for {(now_ms - last) / 1000:.0f} s (older than {older_than_s:g} s)"
+        if reason is not None:
+            TrackingSession(client, r.info.run_id).fail(reason, killed=True)
+            closed.append((r.info.run_id, reason))
+    return closed
+
+
+def _latest(client, run):
+    return [h for key in run.data.metrics for h in client.get_metric_history(run.info.run_id, key)[-1:]]
 
 
 def experiment_id(client, name: str) -> str:
@@ -56,6 +140,10 @@ class TrackingSession:
     def tracking_uri(self) -> str:
         return self.client.tracking_uri
 
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
+
     # -- opening ------------------------------------------------------------------------------------------
     @classmethod
     def start(
@@ -68,7 +156,7 @@ class TrackingSession:
     ) -> TrackingSession:
         """A new run in `experiment` (nested under `parent_run_id` when given)."""
         client = client_for(tracking_uri)
-        tags = {str(k): str(v)[:MAX_TAG_CHARS] for k, v in dict(tags).items()}
+        tags = {**owner_tags(), **{str(k): str(v)[:MAX_TAG_CHARS] for k, v in dict(tags).items()}}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags)
@@ -80,7 +168,9 @@ class TrackingSession:
         client = client_for(tracking_uri)
         client.get_run(run_id)  # raises if the store does not have it
         client.update_run(run_id, status="RUNNING")
-        return cls(client, run_id)
+        session = cls(client, run_id)
+        session.set_tags(owner_tags())
+        return session
 
     # -- recording ----------------------------------------------------------------------------------------
     def existing_params(self) -> dict[str, str]:
@@ -113,6 +203,19 @@ class TrackingSession:
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
 
+    def report_progress(self, totals: Mapping[str, float]) -> None:
+        """The computed totals of a training run, overwritten at each log (a tag: metrics are append-only)."""
+        import json
+
+        self.set_tags({PROGRESS: json.dumps(dict(totals), sort_keys=True)})
+
+    def previous_attempt(self) -> dict[str, float] | None:
+        """The last `report_progress` of this run, by whichever process logged it before (a resume)."""
+        import json
+
+        text = self.client.get_run(self.run_id).data.tags.get(PROGRESS)
+        return json.loads(text) if text else None
+
     def log_text(self, text: str, path: str) -> None:
         self.client.log_text(self.run_id, text, path)
 
@@ -131,17 +234,39 @@ class TrackingSession:
 
     # -- closing ------------------------------------------------------------------------------------------
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+        _retry(lambda: self.client.set_terminated(self.run_id, status))
         self.closed = True
 
     def fail(self, reason: str, killed: bool = False) -> None:
         """FAILED (or KILLED) with `reason` in the `workbench.failure_reason` tag."""
-        self.client.set_tag(self.run_id, FAILURE_REASON, reason[:MAX_TAG_CHARS])
+        _retry(lambda: self.client.set_tag(self.run_id, FAILURE_REASON, reason[:MAX_TAG_CHARS]))
         self.finish("KILLED" if killed else "FAILED")
+
+    def fail_quietly(self, reason: str, killed: bool = False) -> None:
+        """`fail`, for a path that is already handling an error (an interrupt, a crash): a tracking error here
+        is printed, not raised, so the error being handled is the one the caller sees."""
+        if self.closed:
+            return
+        try:
+            self.fail(reason, killed)
+        except Exception as exc:
+            print(f"warning: MLflow run {self.run_id} could not be closed ({first_line(exc)})")
 
     def __enter__(self) -> TrackingSession:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None and not self.closed:
-            self.fail(f"{exc_type.__name__}: {exc}", killed=isinstance(exc, KeyboardInterrupt))
+            self.fail_quietly(failure_reason(exc), killed=isinstance(exc, KeyboardInterrupt))
+
+
+def _retry(write, attempts: int = 5) -> None:
+    """A closing write, retried: several processes closing runs of one SQLite store at once (a Ctrl-C of a
+    study) can see "database is locked" even after SQLite's busy timeout (two writers upgrading their locks)."""
+    for i in range(attempts):
+        try:
+            return write()
+        except Exception as exc:
+            if i == attempts - 1 or "locked" not in str(exc):
+                raise
+            time.sleep(0.2 * 2**i)

@@ -153,6 +153,35 @@ def record_failed_trial(
         return None
 
 
+def close_trial_run(
+    parent_run_id: str | None,
+    number: int,
+    run_id: str | None,
+    reason: str,
+    killed: bool,
+    tracking_uri: str | None = None,
+) -> None:
+    """Close a trial's MLflow runs that are still RUNNING (its worker died, or was interrupted before it
+    could): FAILED, or KILLED for an interrupt, with `reason` as `workbench.failure_reason`."""
+    try:
+        client = client_for(tracking_uri)
+        ids = {run_id} if run_id else set()
+        if parent_run_id:
+            parent = client.get_run(parent_run_id)
+            found = client.search_runs(
+                [parent.info.experiment_id],
+                f"tags.`optuna.study` = '{parent.data.tags.get('optuna.study', '')}' "
+                f"and tags.`optuna.trial_number` = '{number}' and attributes.status = 'RUNNING'",
+            )
+            ids |= {r.info.run_id for r in found}
+        for rid in ids:
+            if client.get_run(rid).info.status == "RUNNING":
+                TrackingSession(client, rid).fail(reason, killed=killed)
+                client.set_tag(rid, "optuna.state", "FAIL")
+    except Exception:
+        pass  # best effort: the Optuna storage holds the outcome
+
+
 def tag_trial_run(run_id: str | None, state: str, values: Mapping[str, Any], tracking_uri: str | None = None):
     """Mark a trial's run with its Optuna state and its searched values."""
     if not run_id:

@@ -37,15 +37,35 @@ class CostMeter(pl.Callback):
     tokens/s and MFU use training time only (validation excluded); device-hours and money use the whole
     wall time of fit, validation included, because the devices are held (and paid for) throughout.
     Counters live in the checkpoint, so a resumed run keeps adding to them.
+
+    Lost work: a run killed after its last checkpoint computed steps that the resumed run repeats. Those are
+    billed: `cost/device_hours` and `cost/usd` include the lost time, `cost/lost_tokens` and
+    `cost/tokens_computed`/`cost/flops_computed` count them, while `cost/tokens` and `cost/train_flops` stay
+    what the model was trained on (the budget counts those). Each log calls `report(totals)` with the computed
+    totals; a resumed run passes the last report of the attempt before it as `previous`, and the difference to
+    the checkpoint's counters is the lost work (exact to `trainer.log_every_n_steps`).
     """
 
-    def __init__(self, rates: CostRates, budget: BudgetConfig, log_every_n_steps: int) -> None:
+    def __init__(
+        self,
+        rates: CostRates,
+        budget: BudgetConfig,
+        log_every_n_steps: int,
+        report=None,
+        previous: dict | None = None,
+    ) -> None:
         self.rates = rates
         self.budget = budget
         self.log_every = log_every_n_steps
+        self.report = report
+        self.previous = previous
         self.tokens = 0
         self.train_seconds = 0.0
         self.wall_seconds = 0.0
+        self.lost_tokens = 0
+        self.lost_train_seconds = 0.0
+        self.lost_wall_seconds = 0.0
+        self.logged_through = int((previous or {}).get("logged_through", -1))
         self.stop_reason: str | None = None
         self._t_last: float | None = None
         self._t_val: float | None = None
@@ -54,11 +74,15 @@ class CostMeter(pl.Callback):
     def metrics(self, device: torch.device | None = None) -> dict[str, float]:
         r = self.rates
         tokens_per_s = self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
-        device_hours = self.wall_seconds * r.devices / 3600.0
+        device_hours = (self.wall_seconds + self.lost_wall_seconds) * r.devices / 3600.0
+        computed = self.tokens + self.lost_tokens
         return {
             "cost/flops_per_token": r.flops_per_token,
             "cost/tokens": float(self.tokens),
             "cost/train_flops": r.flops_per_token * self.tokens,
+            "cost/lost_tokens": float(self.lost_tokens),
+            "cost/tokens_computed": float(computed),
+            "cost/flops_computed": r.flops_per_token * computed,
             "cost/tokens_per_s": tokens_per_s,
             "cost/mfu": r.flops_per_token * tokens_per_s / (r.peak_flops * r.devices),
             "cost/train_seconds": self.train_seconds,
@@ -88,7 +112,39 @@ class CostMeter(pl.Callback):
                 self.train_seconds += dt
         self._t_last = now
 
+    def totals(self) -> dict[str, float]:
+        """Everything computed so far, lost work included, and the last step logged: what `report` receives."""
+        return {
+            "tokens_computed": self.tokens + self.lost_tokens,
+            "train_seconds_computed": self.train_seconds + self.lost_train_seconds,
+            "wall_seconds_computed": self.wall_seconds + self.lost_wall_seconds,
+            "logged_through": self.logged_through,
+        }
+
+    def _bill_lost_work(self) -> None:
+        """On resume (the checkpoint's counters are loaded by now): what the attempt before computed beyond
+        them was lost, and is added to the lost counters."""
+        prev, now = self.previous, self.totals()
+        self.previous = None
+        if not prev:
+            return
+        self.lost_tokens += max(0, int(prev.get("tokens_computed", 0)) - int(now["tokens_computed"]))
+        self.lost_train_seconds += max(
+            0.0, float(prev.get("train_seconds_computed", 0)) - now["train_seconds_computed"]
+        )
+        self.lost_wall_seconds += max(
+            0.0, float(prev.get("wall_seconds_computed", 0)) - now["wall_seconds_computed"]
+        )
+
+    def _log(self, trainer, step: int) -> None:
+        self.logged_through = max(self.logged_through, step)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(self.metrics(trainer.strategy.root_device), step=step)
+        if self.report is not None:
+            self.report(self.totals())
+
     def on_train_start(self, trainer, pl_module) -> None:
+        self._bill_lost_work()
         self._t_last = time.perf_counter()
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
@@ -116,20 +172,41 @@ class CostMeter(pl.Callback):
         if reason is not None:
             self.stop_reason = reason
             trainer.should_stop = True
-        if trainer.logger is not None and (step % self.log_every == 0 or trainer.should_stop):
-            trainer.logger.log_metrics(self.metrics(trainer.strategy.root_device), step=step)
+        if step % self.log_every == 0 or trainer.should_stop:
+            self._log(trainer, step)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.stop_reason is None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
             self.stop_reason = "max_steps"
-        if trainer.logger is not None:
-            trainer.logger.log_metrics(self.metrics(trainer.strategy.root_device), step=trainer.global_step)
+        if trainer.global_step > self.logged_through:  # the last step is logged once
+            self._log(trainer, trainer.global_step)
+        elif self.report is not None:
+            self.report(self.totals())
 
     # -- checkpoint state ---------------------------------------------------------------------------------
+    _STATE = (
+        "tokens",
+        "train_seconds",
+        "wall_seconds",
+        "lost_tokens",
+        "lost_train_seconds",
+        "lost_wall_seconds",
+    )
+
     def state_dict(self) -> dict:
-        return {"tokens": self.tokens, "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds}
+        return {k: getattr(self, k) for k in self._STATE}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.tokens = int(state_dict["tokens"])
-        self.train_seconds = float(state_dict["train_seconds"])
-        self.wall_seconds = float(state_dict["wall_seconds"])
+        for k in self._STATE:  # checkpoints written before lost work was counted have no lost_* entries
+            kind = int if k.endswith("tokens") else float
+            setattr(self, k, kind(state_dict.get(k, 0)))
+
+
+class InterruptWatch(pl.Callback):
+    """Remembers the exception that stopped `fit` (Lightning hides a KeyboardInterrupt behind `sys.exit(1)`)."""
+
+    def __init__(self) -> None:
+        self.exception: BaseException | None = None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.exception = exception

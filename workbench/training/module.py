@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from workbench.config.errors import NonFiniteLoss
 from workbench.config.schema import MoEConfig, PrecisionConfig, TrainerConfig
 from workbench.models import aggregate_stats, per_layer_stats
 from workbench.models.moe import LOSS_WEIGHTS, max_violation
@@ -74,7 +75,10 @@ class LMRecipe(pl.LightningModule):
         ce = self._cross_entropy(logits_BTV, y_BT)
         loss = ce + aux.weighted(self.moe_cfg).to(ce.device)
         if not torch.isfinite(loss):  # a diverged run stops here with its reason instead of training on NaN
-            raise FloatingPointError(f"train/total_loss is {loss.item()} at step {self.global_step}")
+            raise NonFiniteLoss(
+                f"train/total_loss is {loss.item()} at step {self.global_step}: the run diverged "
+                "(lower trainer.lr, raise trainer.warmup_steps or trainer.grad_clip, or use precision=fp32)"
+            )
         self.log("train/loss", ce.detach(), on_step=True, prog_bar=True)
         self._last_ce = ce.detach()
         self.log("train/total_loss", loss.detach(), on_step=True)

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from workbench.config import check_fields
+from workbench.config import ConfigError, check_fields
 from workbench.config.schema import TrainerConfig
 
 
 def validate_trainer(t: TrainerConfig) -> None:
     check_fields(t, "trainer")
+    have, what = available_devices(str(t.accelerator))
+    if t.devices > have:
+        raise ConfigError(
+            f"trainer.devices={t.devices}: this machine has {have} {what} (trainer.accelerator={t.accelerator}); "
+            f"allowed: 1..{have}"
+        )
+
+
+def available_devices(accelerator: str) -> tuple[int, str]:
+    """How many devices of `accelerator` this process may use, and what they are called. CPU "devices" are
+    processes, one per core at most (more only oversubscribe the cores)."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.cuda.device_count(), "CUDA devices"
+    return cores, "CPU cores"
 
 
 def build_trainer(
@@ -24,10 +42,15 @@ def build_trainer(
 ):
     """A `lightning.pytorch.Trainer` that trains until `max_steps` (or until a callback stops it: a money
     budget, a pruner), validates every `trainer.val_every_n_steps` on the same batches, and writes periodic
-    checkpoints to `out_dir/checkpoints` when `trainer.checkpoint_every_n_steps` is set."""
+    checkpoints to `out_dir/checkpoints` when `trainer.checkpoint_every_n_steps` is set, each written
+    atomically (workbench.training.checkpoints)."""
     import lightning.pytorch as pl
 
-    callbacks = list(callbacks)
+    from workbench.training.callbacks import InterruptWatch
+    from workbench.training.checkpoints import AtomicCheckpointIO, remove_stale_temps
+
+    remove_stale_temps(out_dir / "checkpoints")  # left by a process killed while it wrote a checkpoint
+    callbacks = [*callbacks, InterruptWatch()]
     if t.checkpoint_every_n_steps:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -59,4 +82,5 @@ def build_trainer(
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
         default_root_dir=str(out_dir),
+        plugins=[AtomicCheckpointIO()],
     )
