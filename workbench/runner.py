@@ -183,9 +183,7 @@ def read_resume_state(ckpt_path: str, out_dir: Path, name: str) -> dict[str, Any
     folders = [out_dir / "checkpoints"]
     if not folders[0].is_dir() and out_dir.parent == resolve_path(f"outputs/{name}"):
         folders = sorted(out_dir.parent.glob("*/checkpoints"))
-    found = sorted(
-        (p for f in folders for p in candidates(f)), key=lambda p: p.stat().st_mtime_ns, reverse=True
-    )
+    found = candidates(folders)
     for path in found:
         try:
             state = _resume_state(path, load_metadata(path))

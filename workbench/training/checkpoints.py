@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +107,7 @@ def load_metadata(path: Path) -> dict[str, Any]:
         raise ValueError(first_line(exc)) from exc
 
 
-def candidates(folder: Path) -> Iterator[Path]:
-    """The checkpoints in `folder`, newest first."""
-    if folder.is_dir():
-        files = [p for p in folder.glob("*.ckpt") if p.is_file()]
-        yield from sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+def candidates(folders: list[Path]) -> list[Path]:
+    """The checkpoints in `folders`, newest first."""
+    files = [p for f in folders if f.is_dir() for p in f.glob("*.ckpt") if p.is_file()]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
