@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -168,6 +170,33 @@ def test_ctrl_c_mid_run_is_a_keyboard_interrupt_and_the_run_is_killed(debug_over
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("workbench").experiment_id])
     assert run.info.status == "KILLED"
+
+
+def test_interrupts_inside_tracking_writes_wait_for_the_write_so_the_store_stays_unlocked(tracking_uri):
+    # Without the deferral, an interrupt inside an MLflow SQLite write left the connection holding the
+    # database lock: the next write (of any process) failed after MLflow's 20 s busy timeout.
+    from workbench.config.errors import interrupt_on_signals
+    from workbench.tracking.session import client_for
+
+    client = client_for(tracking_uri)
+    run_id = client.create_run(client.create_experiment("locks")).info.run_id
+    rng = random.Random(0)
+    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    interrupted = 0
+    try:
+        interrupt_on_signals()
+        for i in range(40):
+            threading.Timer(rng.uniform(0.001, 0.03), os.kill, (os.getpid(), signal.SIGINT)).start()
+            with pytest.raises(KeyboardInterrupt):
+                while True:
+                    client.log_batch(run_id, metrics=[mlflow.entities.Metric("m", float(i), 0, i)])
+            interrupted += 1
+            client.set_tag(run_id, "after", str(i))  # raises "database is locked" if a write was cut
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])
+    assert interrupted == 40
+    assert client.get_run(run_id).data.tags["after"] == "39"
 
 
 # -- runs whose process died ---------------------------------------------------------------------------------

@@ -24,8 +24,10 @@ from workbench.config import ConfigError
 from workbench.sweeps import trial as T
 from workbench.sweeps.results import SweepResults, non_dominated
 from workbench.sweeps.spec import Objective, load_spec
-from workbench.sweeps.storage import counts, open_storage
-from workbench.sweeps.study import fail_stale_trials, open_study, run_sweep
+from workbench.sweeps.storage import INTERRUPTED, PARENT, SPEC_FAILED, counts, open_storage
+from workbench.sweeps.study import fail_stale_trials, make_pruner, open_study, run_sweep
+from workbench.tracking.session import TrackingSession
+from workbench.tracking.sweep_runs import trial_run_name, trial_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -283,13 +285,24 @@ def test_non_dominated_matches_brute_force():
 # -- heartbeats and retries --------------------------------------------------------------------------------
 
 
-def test_stale_trial_is_failed_once_and_retried_with_its_params(tmp_path, sweep_env):
+def test_stale_trial_is_failed_once_and_retried_with_its_params(tmp_path, sweep_env, tracking_uri):
     spec = load_spec(
         write_spec(tmp_path, heartbeat_s=1, grace_s=2), [f"storage=journal:{tmp_path / 'j.log'}"]
     )
     study = open_study(spec, spec.storage)
+    parent = TrackingSession.start(
+        "workbench", "sweep-study", {"optuna.study": spec.study_name}, tracking_uri
+    )
+    study.set_user_attr(PARENT, parent.run_id)
     dead = study.ask()
     T.suggest(spec, dead)
+    child = TrackingSession.start(  # the dead worker's training run, left RUNNING
+        "workbench",
+        trial_run_name(spec.study_name, dead.number),
+        trial_tags(spec.study_name, dead.number),
+        tracking_uri,
+        parent_run_id=parent.run_id,
+    )
     study._storage.set_trial_system_attr(dead._trial_id, T.HEARTBEAT, time.time() - 10)
     other = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec.storage))
     assert fail_stale_trials(study, spec) == [dead.number]
@@ -301,6 +314,9 @@ def test_stale_trial_is_failed_once_and_retried_with_its_params(tmp_path, sweep_
     assert "sent no heartbeat" in trials[0].user_attrs[T.REASON]
     c = counts(trials)
     assert (c["done"], c["lost"], c["waiting"]) == (0, 1, 1)  # the lost trial does not use the budget
+    run = mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(child.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+    assert run.data.tags["workbench.failure_reason"] == trials[0].user_attrs[T.REASON]
 
 
 # -- whole studies on the debug model ----------------------------------------------------------------------
@@ -381,6 +397,76 @@ def test_pruner_stops_trials_in_a_bad_region(tmp_path, sweep_env, tracking_uri):
     assert res.summary()["sweep/train_steps"] == 20 + 20 + 5 + 5
 
 
+def test_a_trial_validated_only_at_its_last_step_completes_even_where_the_pruner_would_prune(
+    tmp_path, sweep_env
+):
+    # The second learning rate is far worse at step 10, the only validation; the median pruner would prune
+    # it there, but a trial that has spent its budget keeps its result.
+    path = write_spec(
+        tmp_path,
+        "last",
+        overrides=["budget.steps=10", "trainer.val_every_n_steps=10"],
+        params={"trainer.lr": {"choices": [3e-3, 1e-5]}},
+        sampler={"type": "grid"},
+        pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        n_trials=None,
+    )
+    res = run_sweep(path, sweep_env, quiet=True)
+    trials = res.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [t.user_attrs[T.STEPS] for t in trials] == [10, 10]
+    assert list(trials[1].intermediate_values) == [10] and trials[1].values[0] > trials[0].values[0]
+    assert make_pruner(res.spec).prune(res.study, trials[1])  # what the pruner says at that step
+
+
+def test_a_misspelled_objective_stops_the_study_after_one_trial(tmp_path, sweep_env, tracking_uri):
+    path = write_spec(
+        tmp_path,
+        "typo",
+        overrides=["budget.steps=5", "trainer.val_every_n_steps=5"],
+        objectives=[{"metric": "val/bpbb"}],
+    )
+    with pytest.raises(ConfigError) as info:
+        run_sweep(path, sweep_env, quiet=True)
+    msg = str(info.value)
+    # found at the first validation of the first trial, which stops there
+    assert (
+        msg
+        == f"{path}: objective metric 'val/bpbb': this run produces no such validation metric; produced: val/bpb, val/loss"
+    )
+    study = optuna.load_study(study_name="typo", storage=open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"))
+    (trial,) = study.trials  # stopped after the first trial, which is not counted
+    assert (
+        trial.state == TrialState.FAIL and trial.user_attrs[SPEC_FAILED] and counts(study.trials)["done"] == 0
+    )
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    (kid,) = client.search_runs(
+        [client.get_experiment_by_name("workbench").experiment_id], "tags.`optuna.trial_number` = '0'"
+    )
+    assert kid.info.status == "FAILED" and kid.data.tags["optuna.state"] == "FAIL"
+    assert kid.data.tags["workbench.failure_reason"].endswith(msg)
+
+
+def test_cli_misspelled_pruner_metric_exits_2_naming_the_produced_metrics(tmp_path, sweep_env):
+    path = write_spec(tmp_path, "prune_typo", pruner={"type": "median", "monitor": "val/bpbb"})
+    proc = subprocess.run(
+        _sweep_cmd(path, sweep_env), cwd=ROOT, capture_output=True, text=True, env=dict(os.environ)
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(
+        f"error: {path}: pruner.monitor=val/bpbb: this run produces no such validation metric; "
+    )
+    assert re.search(r"produced: .*\bval/bpb\b", lines[0])
+    study = optuna.load_study(
+        study_name="prune_typo", storage=open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    )
+    (trial,) = study.trials  # stopped at the first validation of the first trial
+    assert trial.state == TrialState.FAIL and trial.user_attrs[SPEC_FAILED]
+    assert trial.user_attrs[T.REASON] == lines[0].removeprefix("error: ")
+
+
 def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path, sweep_env, tracking_uri):
     # top_k=4 of 2 experts is invalid only in combination; lr=1e3 diverges to a NaN loss.
     path = write_spec(
@@ -440,23 +526,77 @@ def _sweep_cmd(path: Path, env_overrides: list[str], *extra: str) -> list[str]:
     return [sys.executable, "sweep.py", str(path), *env_overrides, *extra, "--no-progress"]
 
 
-def test_two_workers_share_a_journal_storage(tmp_path, sweep_env, tracking_uri):
-    path = write_spec(tmp_path, "par", n_trials=4)
-    proc = subprocess.run(
-        _sweep_cmd(path, sweep_env, "--workers", "2"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
+def _running_trials(journal: Path, name: str) -> list:
+    if not journal.exists():
+        return []
+    storage = open_storage(f"journal:{journal}")
+    if name not in optuna.get_all_study_names(storage):
+        return []
+    return [
+        t
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(states=(TrialState.RUNNING,))
+        if T.WORKER in t.user_attrs and T.HEARTBEAT in t.system_attrs
+    ]
+
+
+def _open_trial_runs(uri: str) -> int:
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("workbench")
+    if exp is None:
+        return 0
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+    return sum("optuna.trial_number" in r.data.tags for r in runs)
+
+
+def test_ctrl_c_of_two_workers_interrupts_then_the_rerun_retries_those_params(
+    tmp_path, sweep_env, tracking_uri
+):
+    journal = tmp_path / "optuna-journal.log"
+    path = write_spec(
+        tmp_path, "par", n_trials=3, overrides=["budget.steps=200", "trainer.val_every_n_steps=50"]
     )
+    cmd = _sweep_cmd(path, sweep_env, "--workers", "2")
+    launcher = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: SIGINT reaches the launcher and both workers, as Ctrl-C
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and launcher.poll() is None:  # both trials training, their MLflow runs open
+        time.sleep(0.5)
+        if len(_running_trials(journal, "par")) == 2 and _open_trial_runs(tracking_uri) == 2:
+            break
+    running = {t.number: t.params for t in _running_trials(journal, "par")}
+    assert len(running) == 2, launcher.communicate()[0][-2000:]
+    os.killpg(launcher.pid, signal.SIGINT)
+    sent = time.time()
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130, out[-2000:]
+    assert time.time() - sent < 60  # every worker stopped in bounded time
+    study = optuna.load_study(study_name="par", storage=open_storage(f"journal:{journal}"))
+    trials = {t.number: t for t in study.trials}
+    for n in running:
+        assert trials[n].state == TrialState.FAIL and trials[n].user_attrs[INTERRUPTED], out[-2000:]
+    assert counts(study.trials)["done"] == 0  # interrupted trials are not counted
+    parent = SweepResults.load(path, sweep_env, storage=f"journal:{journal}").parent_run_id
+    statuses = {r.data.tags["optuna.trial_number"]: r.info.status for r in _children(tracking_uri, parent)}
+    assert {statuses[str(n)] for n in running} == {"KILLED"}
+
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    res = SweepResults.load(path, sweep_env, storage=f"journal:{tmp_path / 'optuna-journal.log'}")
-    df = res.trials
-    assert sorted(df["number"]) == [0, 1, 2, 3] and set(df["state"]) == {"COMPLETE"}
-    workers = {t.user_attrs[T.WORKER] for t in res.study.trials}
-    assert len(workers) == 2  # both processes ran trials
-    kids = _children(tracking_uri, res.parent_run_id)
-    assert sorted(r.data.tags["optuna.trial_number"] for r in kids) == ["0", "1", "2", "3"]
+    study = optuna.load_study(study_name="par", storage=open_storage(f"journal:{journal}"))
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3  # requested = complete
+    retried = sorted(t.system_attrs["failed_trial"] for t in complete if "failed_trial" in t.system_attrs)
+    assert retried == sorted(running)
+    for t in complete:
+        if "failed_trial" in t.system_attrs:
+            assert t.params == running[t.system_attrs["failed_trial"]]
+    assert len({t.user_attrs[T.WORKER] for t in complete}) == 2  # both workers ran trials
 
 
 def test_killed_worker_trial_is_retried_and_the_study_completes(tmp_path, sweep_env):
@@ -481,18 +621,10 @@ def test_killed_worker_trial_is_retried_and_the_study_completes(tmp_path, sweep_
     deadline = time.time() + 180
     while killed is None and time.time() < deadline and launcher.poll() is None:
         time.sleep(0.5)
-        if not journal.exists():
-            continue
-        storage = open_storage(f"journal:{journal}")
-        if "kill" not in optuna.get_all_study_names(storage):
-            continue
-        for t in optuna.load_study(study_name="kill", storage=storage).get_trials(
-            states=(TrialState.RUNNING,)
-        ):
-            if T.WORKER in t.user_attrs and T.HEARTBEAT in t.system_attrs:
-                os.kill(int(t.user_attrs[T.WORKER].split(":")[1]), signal.SIGKILL)
-                killed = t.number
-                break
+        for t in _running_trials(journal, "kill"):
+            os.kill(int(t.user_attrs[T.WORKER].split(":")[1]), signal.SIGKILL)
+            killed = t.number
+            break
     out, _ = launcher.communicate(timeout=300)
     assert killed is not None, out[-2000:]
     # the launcher saw the worker die: its trial is retried at once (no grace period) and the worker restarted

@@ -15,6 +15,7 @@ import errno
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -99,18 +100,50 @@ def one_line_errors(verbose: bool = False) -> Iterator[None]:
         sys.exit(known[1])
 
 
+_deferring = 0  # depth of `deferred_interrupts` blocks open on the main thread
+_pending: str | None = None  # the signal that arrived inside one, raised when the outermost block ends
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """A tracking-store write that an interrupt must not cut in half. A KeyboardInterrupt raised inside an
+    MLflow SQLite write leaves that process's connection holding the database lock: every later write, of
+    this process and of every other one on the store, waits out the 20 s busy timeout and fails (measured:
+    the interrupted worker's KILLED status and its sibling's were both lost). Under the handler of
+    `interrupt_on_signals` a signal that arrives here is raised when the write is done. Other threads, and
+    processes without that handler (a notebook kernel), are unaffected."""
+    global _deferring, _pending
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if _deferring == 0 and _pending is not None:
+            name, _pending = _pending, None
+            raise KeyboardInterrupt(name)
+
+
 def interrupt_on_signals(repeat: str = "raise") -> None:
     """Entry points only: SIGTERM interrupts like Ctrl-C (KeyboardInterrupt), so `kill <pid>`, a launcher and a
     scheduler stop a run the same way. With `repeat="ignore"` only the first SIGINT/SIGTERM interrupts; later
-    ones are ignored so that the interrupted run's bookkeeping (an MLflow status, a trial's state) completes."""
+    ones are ignored so that the interrupted run's bookkeeping (an MLflow status, a trial's state) completes.
+    A signal that arrives during a tracking-store write interrupts once the write is done."""
     fired = False
 
     def handler(signum, frame):
+        global _pending
         nonlocal fired
         if fired and repeat == "ignore":
             return
         fired = True
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if _deferring:
+            _pending = name
+            return
+        raise KeyboardInterrupt(name)
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)

@@ -398,6 +398,15 @@ class SweepSpec:
             return self.pruner.monitor
         return next((o.metric for o in self.objectives if o.metric.startswith("val/")), "val/bpb")
 
+    @property
+    def monitor_key(self) -> str:
+        """Where the monitored metric was named (for the message when no run produces it)."""
+        if self.pruner.monitor:
+            return f"pruner.monitor={self.monitor}"
+        if any(o.metric == self.monitor for o in self.objectives):
+            return f"objective metric {self.monitor!r}"
+        return f"pruner.monitor={self.monitor} (the default)"
+
     def tracked_metrics(self) -> list[str]:
         seen = [o.metric for o in (*self.objectives, *self.pareto)] + list(self.report)
         return list(dict.fromkeys(seen))

@@ -33,7 +33,7 @@ from workbench.sweeps.storage import (
     resolve_storage,
 )
 from workbench.sweeps.ui import StudyProgress, print_trial
-from workbench.tracking.sweep_runs import close_trial_run, tag_trial_run
+from workbench.tracking.sweep_runs import close_trial_run, find_trial_run, tag_trial_run
 
 SPACE = "workbench.space"
 
@@ -309,6 +309,10 @@ def _run_and_tell(spec, study, trial, parent_run_id, out_root) -> optuna.trial.F
         study.set_user_attr(SPEC_ERROR, str(exc))
         study.tell(trial, state=TrialState.FAIL)
         close_trial_run(parent_run_id, trial.number, trial.user_attrs.get(T.RUN_ID), str(exc), killed=False)
+        run_id = trial.user_attrs.get(T.RUN_ID) or (
+            parent_run_id and find_trial_run(parent_run_id, trial.number)
+        )
+        tag_trial_run(run_id, TrialState.FAIL.name, dict(trial.params))
         raise
     if outcome.state == TrialState.COMPLETE:
         frozen = study.tell(trial, outcome.values)
@@ -422,7 +426,7 @@ def launch_workers(spec, spec_path, overrides, url: str, workers: int, bar, stud
     respawns = [0] * workers
     ended: list[int] = []  # pids of workers that are gone
     try:
-        while any(p.poll() is None for p in procs):
+        while [p.poll() for p in procs].count(None):  # every worker polled (any() would stop at the first)
             bar.poll()
             if study._storage.get_study_user_attrs(study._study_id).get(SPEC_ERROR):
                 break

@@ -50,8 +50,9 @@ class StepPruning(PyTorchLightningPruningCallback):
     of the parent class is not needed.
     """
 
-    def __init__(self, trial: optuna.trial.Trial, monitor: str) -> None:
+    def __init__(self, trial: optuna.trial.Trial, monitor: str, where: str | None = None) -> None:
         super().__init__(trial, monitor)
+        self.where = where or f"pruner.monitor={monitor}"  # names the metric's source in the error
         self.stop_reason: str | None = None
         self.pruned_at: int | None = None
 
@@ -62,7 +63,7 @@ class StepPruning(PyTorchLightningPruningCallback):
         if score is None:
             produced = ", ".join(sorted(k for k in trainer.callback_metrics if k.startswith("val/")))
             raise SpecError(
-                f"pruner.monitor={self.monitor}: this run produces no such validation metric; produced: {produced}"
+                f"{self.where}: this run produces no such validation metric; produced: {produced}"
             )
         step = trainer.global_step
         value = float(score)
@@ -193,7 +194,11 @@ def run_trial(
             run_tags = {**cfg.tags, **tags, **({"mlflow.parentRunId": trial_run_id} if trial_run_id else {})}
             cfg = dataclasses.replace(cfg, tags=run_tags)
             # Pruning watches the first seed only: later seeds of a surviving configuration run to the end.
-            pruning = StepPruning(trial, spec.monitor) if spec.monitor and i == 0 else None
+            pruning = (
+                StepPruning(trial, spec.monitor, f"{spec.path}: {spec.monitor_key}")
+                if spec.monitor and i == 0
+                else None
+            )
             result = run(cfg, print_summary=False, callbacks=[pruning] if pruning else [])
             steps += int(
                 result.metrics.get("cost/tokens", 0) // max(1, cfg.data.batch_size * cfg.data.seq_len)

@@ -8,6 +8,7 @@ it started with and records only what is new). Everything goes through one `Mlfl
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from workbench.config.errors import Unavailable, failure_reason, first_line
+from workbench.config.errors import Unavailable, deferred_interrupts, failure_reason, first_line
 from workbench.tracking.mlflow_utils import artifact_root, quiet_mlflow_logs, resolve_tracking_uri
 
 FAILURE_REASON = "workbench.failure_reason"
@@ -28,12 +29,58 @@ MAX_PARAM_CHARS = 6000
 MAX_TAG_CHARS = 5000
 
 
+_WRITES = (
+    "create_experiment",
+    "set_experiment_tag",
+    "create_run",
+    "update_run",
+    "set_terminated",
+    "set_tag",
+    "log_batch",
+    "log_metric",
+    "log_param",
+    "log_artifact",
+    "log_artifacts",
+    "log_text",
+    "log_dict",
+    "log_figure",
+)
+
+
 def client_for(tracking_uri: str | None = None):
-    """An MlflowClient on `tracking_uri` (None: $MLFLOW_TRACKING_URI, else the project's SQLite store)."""
+    """An MlflowClient on `tracking_uri` (None: $MLFLOW_TRACKING_URI, else the project's SQLite store) whose
+    writes an interrupt does not cut in half (`deferred_interrupts`)."""
     import mlflow
 
     quiet_mlflow_logs()
-    return mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    return _shielded(mlflow.MlflowClient)(tracking_uri=resolve_tracking_uri(tracking_uri))
+
+
+def _shielded(cls):
+    """`cls` (an MlflowClient class) with its write methods run under `deferred_interrupts`; made once."""
+    if getattr(cls, "_workbench_shielded", False):
+        return cls
+    cached = _SHIELDED.get(cls)
+    if cached is None:
+
+        def wrap(name):
+            method = getattr(cls, name)
+
+            @functools.wraps(method)
+            def write(self, *args, **kwargs):
+                with deferred_interrupts():
+                    return method(self, *args, **kwargs)
+
+            return write
+
+        body = {name: wrap(name) for name in _WRITES if hasattr(cls, name)}
+        cached = _SHIELDED[cls] = type(
+            f"Shielded{cls.__name__}", (cls,), {**body, "_workbench_shielded": True}
+        )
+    return cached
+
+
+_SHIELDED: dict[type, type] = {}
 
 
 def check_tracking(tracking_uri: str | None = None, key: str = "tracking.tracking_uri"):

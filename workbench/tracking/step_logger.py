@@ -4,11 +4,17 @@ A resumed run repeats the steps between its checkpoint and the moment the previo
 metric histories are append-only, so logging them again would give every replayed step two values. The
 logger drops metrics at steps up to `logged_through` (the last step the run logged before), keeping the first
 attempt's values (bit-identical on CPU: training is deterministic for a seed and a checkpoint).
+
+The run's status belongs to the TrackingSession: MLFlowLogger.finalize would mark it FINISHED when `fit`
+returns (before the final validation and the run's summary, so a kill then left a "finished" run without its
+results) and FAILED on an interrupt, which the session records as KILLED.
 """
 
 from __future__ import annotations
 
 from lightning.pytorch.loggers import MLFlowLogger
+
+from workbench.config.errors import deferred_interrupts
 
 
 class StepLogger(MLFlowLogger):
@@ -19,4 +25,8 @@ class StepLogger(MLFlowLogger):
     def log_metrics(self, metrics, step=None) -> None:
         if step is not None and step <= self.logged_through:
             return
-        super().log_metrics(metrics, step)
+        with deferred_interrupts():  # an interrupt inside a SQLite write would leave the store locked
+            super().log_metrics(metrics, step)
+
+    def finalize(self, status: str = "success") -> None:
+        """No status change: the session closes the run (FINISHED, FAILED or KILLED, with its reason)."""
