@@ -35,13 +35,16 @@ def test_every_group_option_composes(group, option):
     assert getattr(cfg, group) is not None
 
 
-def test_files_and_hub_options_need_their_inputs():
+def test_files_and_hub_options_need_their_inputs(tmp_path):
     with pytest.raises(ConfigError, match=r"^data\.paths is empty"):
         compose("dense_debug", ["data=files"])
     with pytest.raises(ConfigError, match=r"^data\.hub_id is not set"):
         compose("dense_debug", ["data=hub"])
-    cfg = compose("dense_debug", ["data=files", "data.paths=[a.jsonl]"])
-    assert cfg.data.paths == ["a.jsonl"]
+    with pytest.raises(ConfigError, match=r"^data\.paths: no such file 'a\.jsonl'"):  # before any work
+        compose("dense_debug", ["data=files", "data.paths=[a.jsonl]"])
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    cfg = compose("dense_debug", ["data=files", f"data.paths=[{tmp_path / 'a.jsonl'}]"])
+    assert cfg.data.paths == [str(tmp_path / "a.jsonl")]
 
 
 def test_presets_compare_at_equal_active_ffn():
@@ -89,6 +92,25 @@ def test_allowed_values_are_listed():
         compose("moe_debug", ["moe.topk=2"])
     with pytest.raises(ConfigError, match=r"available: .*dense_debug.*moe_debug"):
         compose("nope")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["+experiment=moe_debug", "moe.top_k=[1,2"], "moe.top_k=[1,2: no viable alternative at input"),
+        (
+            ["+experiment=moe_debug", "data.source=files", "data.paths=[/no/such/file.jsonl]"],
+            "data.paths: no such file '/no/such/file.jsonl'",
+        ),
+        (["+experiment=moe_debug", "model.vocab_size=3"], "model.vocab_size=3 < 257, the smallest tokenizer"),
+    ],
+)
+def test_command_line_check_names_the_override_before_any_work(args, message):
+    from workbench.preflight import check_command_line
+
+    with pytest.raises(ConfigError) as info:
+        check_command_line(args)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -153,6 +153,32 @@ def test_a_crash_resumes_from_the_last_loadable_checkpoint_and_bills_the_lost_st
     assert not [p for p in ckpts.iterdir() if p.name.endswith(TEMP_SUFFIX)]
 
 
+def test_a_run_that_died_before_its_first_checkpoint_continues_in_the_same_run(debug_overrides, tracking_uri):
+    overrides = [
+        *debug_overrides,
+        "budget.steps=8",
+        "trainer.checkpoint_every_n_steps=6",
+        "trainer.log_every_n_steps=1",
+    ]
+    cfg = workbench.compose("moe_debug", [*overrides, "ckpt_path=last"])
+    with pytest.raises(RuntimeError, match="power cut"):
+        workbench.run(cfg, print_summary=False, callbacks=[_CrashAt(3, RuntimeError("power cut"))])
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    (crashed,) = client.search_runs([client.get_experiment_by_name("workbench").experiment_id])
+    resumed = workbench.run(cfg, print_summary=False)  # no checkpoint yet: from step 0, in the same run
+    runs = client.search_runs([client.get_experiment_by_name("workbench").experiment_id])
+    assert [r.info.run_id for r in runs] == [crashed.info.run_id] == [resumed.run_id]
+    run = runs[0]
+    assert (
+        run.info.status == "FINISHED" and run.data.tags["workbench.resumed_from"] == "no checkpoint yet@step0"
+    )
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    assert resumed.metrics["cost/lost_tokens"] == 3 * tokens_per_step  # steps 0..2 ran twice
+    for key in ("train/loss", "data/docs_kept"):
+        steps = [h.step for h in client.get_metric_history(resumed.run_id, key)]
+        assert len(steps) == len(set(steps)), key
+
+
 def test_ckpt_path_last_without_a_checkpoint_starts_from_step_0(debug_overrides, capsys):
     result = workbench.run(
         workbench.compose("dense_debug", [*debug_overrides, "budget.steps=2", "ckpt_path=last"]),
@@ -173,8 +199,8 @@ def test_ctrl_c_mid_run_is_a_keyboard_interrupt_and_the_run_is_killed(debug_over
 
 
 def test_interrupts_inside_tracking_writes_wait_for_the_write_so_the_store_stays_unlocked(tracking_uri):
-    # Without the deferral, an interrupt inside an MLflow SQLite write left the connection holding the
-    # database lock: the next write (of any process) failed after MLflow's 20 s busy timeout.
+    # Without the deferral, an interrupt inside an MLflow SQLite call left the connection holding a database
+    # lock: the next write (of any process) failed after MLflow's 20 s busy timeout.
     from workbench.config.errors import interrupt_on_signals
     from workbench.tracking.session import client_for
 
@@ -188,8 +214,9 @@ def test_interrupts_inside_tracking_writes_wait_for_the_write_so_the_store_stays
         for i in range(40):
             threading.Timer(rng.uniform(0.001, 0.03), os.kill, (os.getpid(), signal.SIGINT)).start()
             with pytest.raises(KeyboardInterrupt):
-                while True:
+                while True:  # a write, then reads (a half-fetched cursor holds SQLite's shared lock)
                     client.log_batch(run_id, metrics=[mlflow.entities.Metric("m", float(i), 0, i)])
+                    client.get_metric_history(run_id, "m")
             interrupted += 1
             client.set_tag(run_id, "after", str(i))  # raises "database is locked" if a write was cut
     finally:

@@ -29,10 +29,25 @@ def validate(cfg: TrainConfig) -> None:
     validate_model(cfg.model, cfg.moe)
     validate_precision(cfg.precision)
     validate_data(cfg.data)
+    validate_vocab(cfg)
     validate_trainer(cfg.trainer)
     validate_budget(cfg.budget)
     validate_cost(cfg.cost, cfg.trainer.accelerator)
     check_fields(cfg.tracking, "tracking")
+
+
+MIN_VOCAB = 257  # every tokenizer holds the 256 byte symbols and end-of-text (workbench.data.tokenizer)
+
+
+def validate_vocab(cfg: TrainConfig) -> None:
+    """A fixed `model.vocab_size` must hold the tokenizer's ids; the exact size is known only once the data
+    stage has built the tokenizer (the runner checks it then), but no tokenizer has fewer than MIN_VOCAB."""
+    v = cfg.model.vocab_size
+    if v is not None and v < MIN_VOCAB:
+        raise ConfigError(
+            f"model.vocab_size={v} < {MIN_VOCAB}, the smallest tokenizer vocabulary (256 bytes + end-of-text); "
+            "leave it unset to take the tokenizer's"
+        )
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -103,10 +118,13 @@ def check_command_line(argv: Sequence[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = [a for a in argv if not a.startswith("-")]
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as exc:  # a syntax error in an override
-        raise ConfigError(" ".join(str(exc).split())) from exc
+        parsed = parser.parse_overrides(overrides)
+    except Exception as exc:  # a syntax error in an override: name the one that does not parse
+        bad = next((o for o in overrides if not _parses(parser, o)), None)
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"{bad}: {message}" if bad else message) from exc
     choices: list[list[str]] = []
     for o in parsed:
         if o.key_or_group.startswith("hydra"):
@@ -124,6 +142,14 @@ def check_command_line(argv: Sequence[str]) -> None:
             break
         compose(None, list(combo))
     check_hydra_dirs(argv)
+
+
+def _parses(parser, override: str) -> bool:
+    try:
+        parser.parse_overrides([override])
+        return True
+    except Exception:
+        return False
 
 
 def check_hydra_dirs(argv: Sequence[str]) -> None:

@@ -10,6 +10,7 @@ recipe, into its checkpoints, and the tracking session) see the root config.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -91,9 +92,10 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
             print(f"note: {note}")
         plan = plan_cost(cfg.model, cfg.moe, cfg.data, cfg.trainer, cfg.budget, cfg.cost, precision)
         recipe = build_recipe(network, cfg, datamodule, plan.max_steps, resume, out_dir)
-        session = open_tracking(cfg, network, datamodule, resume) if cfg.tracking.enabled else None
+        session = open_tracking(cfg, network, datamodule, resume, out_dir) if cfg.tracking.enabled else None
         try:
-            previous = session.previous_attempt() if session and resume else None
+            reattached = session is not None and session.reattached
+            previous = session.previous_attempt() if session and (resume or reattached) else None
             meter = CostMeter(
                 plan.rates,
                 cfg.budget,
@@ -273,9 +275,17 @@ def build_recipe(network, cfg: TrainConfig, datamodule, max_steps: int | None, r
     return recipe
 
 
-def open_tracking(cfg: TrainConfig, network, datamodule, resume: dict[str, Any] | None):
+RUN_FILE = (
+    "mlflow_run.json"  # in output_dir: the run that folder trains, for `ckpt_path=last` before any checkpoint
+)
+
+
+def open_tracking(cfg: TrainConfig, network, datamodule, resume: dict[str, Any] | None, out_dir: Path):
     """The run's TrackingSession (a resumed run continues its own): tags, the flattened resolved config and
-    parameter counts as params, config.yaml, the data statistics and report, the data/* metrics."""
+    parameter counts as params, config.yaml, the data statistics and report, the data/* metrics.
+
+    `ckpt_path=last` in an output_dir whose run died before its first checkpoint continues that run from step 0
+    (same run id, the lost steps billed) rather than leaving it behind and starting another."""
     from omegaconf import OmegaConf
 
     from workbench.models.moe import MoEShape
@@ -292,35 +302,66 @@ def open_tracking(cfg: TrainConfig, network, datamodule, resume: dict[str, Any] 
         **{str(k): str(v) for k, v in cfg.tags.items()},
     }
     t = cfg.tracking
+    earlier = (
+        _unfinished_run(out_dir / RUN_FILE, t.tracking_uri)
+        if cfg.ckpt_path == "last" and not resume
+        else None
+    )
     if resume and resume.get("mlflow_run_id"):
         session = TrackingSession.resume(resume["mlflow_run_id"], t.tracking_uri)
         session.set_tags({**tags, "workbench.resumed_from": f"{resume['path']}@step{resume['global_step']}"})
+    elif earlier:
+        session = TrackingSession.resume(earlier, t.tracking_uri)
+        session.reattached = True
+        session.set_tags({**tags, "workbench.resumed_from": "no checkpoint yet@step0"})
     else:
         name = t.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         session = TrackingSession.start(t.experiment_name, name, tags, t.tracking_uri)
-    # Runs of this experiment whose process died without closing them (kill -9, a lost machine) stay RUNNING
-    # forever otherwise; the next run on the same host closes them KILLED with the reason.
-    for run_id, reason in close_dead_runs(session.client, [session.experiment_id]):
-        print(f"note: closed MLflow run {run_id} as KILLED: {reason}")
-    tree = to_container(cfg)
-    params = flatten(tree)
-    if cfg.model.ffn != "moe":
-        params = {k: v for k, v in params.items() if not k.startswith("moe.")}
-    counts = network.param_counts()
-    params |= {"model.total_params": counts["total"], "model.active_params": counts["active"]}
-    if cfg.model.ffn == "moe":  # what the layers were built with, after segmentation and shared experts
-        shape = MoEShape.of(cfg.moe, cfg.model.d_ff)
-        params |= {f"moe.built.{k}": v for k, v in dataclasses.asdict(shape).items()}
-    session.log_params(params)  # a resumed run records only keys it does not have yet
-    step = resume["global_step"] if resume else None
-    session.log_text(OmegaConf.to_yaml(tree), f"config_resume_step{step}.yaml" if resume else "config.yaml")
-    session.log_dict(datamodule.stats, "data_stats.json")
-    if datamodule.mixture_report is not None:
-        session.log_dict(datamodule.mixture_report, "data/report.json")
-        session.log_text(mixture_report_text(datamodule), "data/report.txt")
-    if not resume:
-        session.log_metrics(datamodule.metrics(), step=0)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / RUN_FILE).write_text(
+            json.dumps({"run_id": session.run_id, "tracking_uri": session.tracking_uri})
+        )
+    with session:  # a failure (or an interrupt) while the run is being set up closes it FAILED (KILLED)
+        # Runs of this experiment whose process died without closing them (kill -9, a lost machine) stay RUNNING
+        # forever otherwise; the next run on the same host closes them KILLED with the reason.
+        for run_id, reason in close_dead_runs(session.client, [session.experiment_id]):
+            print(f"note: closed MLflow run {run_id} as KILLED: {reason}")
+        tree = to_container(cfg)
+        params = flatten(tree)
+        if cfg.model.ffn != "moe":
+            params = {k: v for k, v in params.items() if not k.startswith("moe.")}
+        counts = network.param_counts()
+        params |= {"model.total_params": counts["total"], "model.active_params": counts["active"]}
+        if cfg.model.ffn == "moe":  # what the layers were built with, after segmentation and shared experts
+            shape = MoEShape.of(cfg.moe, cfg.model.d_ff)
+            params |= {f"moe.built.{k}": v for k, v in dataclasses.asdict(shape).items()}
+        session.log_params(params)  # a resumed run records only keys it does not have yet
+        step = resume["global_step"] if resume else None
+        session.log_text(
+            OmegaConf.to_yaml(tree), f"config_resume_step{step}.yaml" if resume else "config.yaml"
+        )
+        session.log_dict(datamodule.stats, "data_stats.json")
+        if datamodule.mixture_report is not None:
+            session.log_dict(datamodule.mixture_report, "data/report.json")
+            session.log_text(mixture_report_text(datamodule), "data/report.txt")
+        if not resume and not session.reattached:
+            session.log_metrics(datamodule.metrics(), step=0)
     return session
+
+
+def _unfinished_run(path: Path, tracking_uri: str | None) -> str | None:
+    """The run id in `path` (an output_dir's RUN_FILE) if that run is in this store and did not finish."""
+    from workbench.tracking.session import client_for
+
+    try:
+        recorded = json.loads(path.read_text())
+        client = client_for(tracking_uri)
+        if recorded.get("tracking_uri") != client.tracking_uri:
+            return None
+        run = client.get_run(str(recorded["run_id"]))
+    except Exception:  # no file, not JSON, another store, a deleted run: start a new run
+        return None
+    return run.info.run_id if run.info.status != "FINISHED" else None
 
 
 def lightning_logger(session, experiment_name: str, logged_through: int = -1):

@@ -22,6 +22,12 @@ def validate_data(d: DataConfig) -> None:
         raise ConfigError(
             "data.paths is empty; data.source=files needs at least one .jsonl/.json/.parquet/.txt path"
         )
+    if d.source == "files":
+        from workbench.data.corpus import resolve_files
+
+        resolve_files(
+            list(d.paths)
+        )  # every path names a file (or a pattern matches one): caught before any work
     if d.source == "hub" and not d.hub_id:
         raise ConfigError("data.hub_id is not set; data.source=hub needs a Hugging Face dataset id")
     if d.source == "mixture":

@@ -9,6 +9,7 @@ it started with and records only what is new). Everything goes through one `Mlfl
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import socket
 import time
@@ -29,58 +30,41 @@ MAX_PARAM_CHARS = 6000
 MAX_TAG_CHARS = 5000
 
 
-_WRITES = (
-    "create_experiment",
-    "set_experiment_tag",
-    "create_run",
-    "update_run",
-    "set_terminated",
-    "set_tag",
-    "log_batch",
-    "log_metric",
-    "log_param",
-    "log_artifact",
-    "log_artifacts",
-    "log_text",
-    "log_dict",
-    "log_figure",
-)
-
-
 def client_for(tracking_uri: str | None = None):
     """An MlflowClient on `tracking_uri` (None: $MLFLOW_TRACKING_URI, else the project's SQLite store) whose
-    writes an interrupt does not cut in half (`deferred_interrupts`)."""
-    import mlflow
-
+    calls an interrupt does not cut in half (`deferred_interrupts`)."""
+    cls = shielded_client_class()  # imports mlflow, which sets up its loggers: quieted after
     quiet_mlflow_logs()
-    return _shielded(mlflow.MlflowClient)(tracking_uri=resolve_tracking_uri(tracking_uri))
+    return cls(tracking_uri=resolve_tracking_uri(tracking_uri))
 
 
-def _shielded(cls):
-    """`cls` (an MlflowClient class) with its write methods run under `deferred_interrupts`; made once."""
-    if getattr(cls, "_workbench_shielded", False):
-        return cls
-    cached = _SHIELDED.get(cls)
-    if cached is None:
+_SHIELDED: list[type] = []
 
-        def wrap(name):
-            method = getattr(cls, name)
 
+def shielded_client_class() -> type:
+    """MlflowClient with every public method run under `deferred_interrupts`: an interrupt inside a write
+    leaves the SQLite connection holding the write lock, and one inside a read (a cursor not fully fetched)
+    holds the shared lock that every writer waits for; both lock the store for every process (measured in a
+    Ctrl-C of a two-worker sweep). Made once, on first use (mlflow is imported late: it is slow to import)."""
+    if not _SHIELDED:
+        import mlflow
+
+        def wrap(method):
             @functools.wraps(method)
-            def write(self, *args, **kwargs):
+            def call(self, *args, **kwargs):
                 with deferred_interrupts():
                     return method(self, *args, **kwargs)
 
-            return write
+            return call
 
-        body = {name: wrap(name) for name in _WRITES if hasattr(cls, name)}
-        cached = _SHIELDED[cls] = type(
-            f"Shielded{cls.__name__}", (cls,), {**body, "_workbench_shielded": True}
-        )
-    return cached
-
-
-_SHIELDED: dict[type, type] = {}
+        base = mlflow.MlflowClient
+        body = {
+            name: wrap(attr)
+            for name, attr in vars(base).items()
+            if not name.startswith("_") and inspect.isfunction(attr)
+        }
+        _SHIELDED.append(type("ShieldedMlflowClient", (base,), body))
+    return _SHIELDED[0]
 
 
 def check_tracking(tracking_uri: str | None = None, key: str = "tracking.tracking_uri"):
@@ -182,6 +166,7 @@ class TrackingSession:
         self.client = client
         self.run_id = run_id
         self.closed = False
+        self.reattached = False  # continued from step 0 (its attempt before died without a checkpoint)
 
     @property
     def tracking_uri(self) -> str:

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 from lightning.pytorch.loggers import MLFlowLogger
 
-from workbench.config.errors import deferred_interrupts
+from workbench.tracking.session import shielded_client_class
 
 
 class StepLogger(MLFlowLogger):
     def __init__(self, *, logged_through: int = -1, **kwargs) -> None:
         super().__init__(**kwargs)
         self.logged_through = logged_through
+        # the same store through a client whose calls an interrupt does not cut in half (a locked store)
+        self._mlflow_client = shielded_client_class()(self._tracking_uri)
 
     def log_metrics(self, metrics, step=None) -> None:
         if step is not None and step <= self.logged_through:
             return
-        with deferred_interrupts():  # an interrupt inside a SQLite write would leave the store locked
-            super().log_metrics(metrics, step)
+        super().log_metrics(metrics, step)
 
     def finalize(self, status: str = "success") -> None:
         """No status change: the session closes the run (FINISHED, FAILED or KILLED, with its reason)."""
