@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all lint ui clean
+.PHONY: venv demo test test-slow test-all lint ui clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not slow and not gpu" --durations=10 tests
 	mkdir -p .cache
 	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.cache/notebook-tests.db $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks
+
+# The tests marked slow (two-worker sweeps under kill -9 and Ctrl-C, whole studies and their resume, every preset
+# and every run-time failure through the CLI): about 5 minutes more; CI runs it after `make test`.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m "slow and not gpu" --durations=5 tests
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest tests

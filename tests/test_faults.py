@@ -267,6 +267,7 @@ def _train(args: list[str], cwd: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_bad_runs_end_in_one_line_with_their_exit_status(tmp_path, data_cache, tracking_uri):
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")

@@ -64,6 +64,7 @@ def test_granularity_ladder_keeps_total_and_active_parameters():
     assert {s.top_k * s.expert_hidden for s in shapes} == {512}  # active routed width
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_every_preset_trains_at_debug_size_from_the_cli(tmp_path, data_cache):
     uri = f"sqlite:///{tmp_path / 'presets.db'}"
     proc = subprocess.run(

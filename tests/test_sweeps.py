@@ -329,6 +329,7 @@ def _children(uri: str, parent_id: str) -> list:
     return sorted(runs, key=lambda r: int(r.data.tags["optuna.trial_number"]))
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_four_trial_study_then_resume(tmp_path, sweep_env, tracking_uri, capsys):
     path = write_spec(
         tmp_path,
@@ -467,6 +468,7 @@ def test_cli_misspelled_pruner_metric_exits_2_naming_the_produced_metrics(tmp_pa
     assert trial.user_attrs[T.REASON] == lines[0].removeprefix("error: ")
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path, sweep_env, tracking_uri):
     # top_k=4 of 2 experts is invalid only in combination; lr=1e3 diverges to a NaN loss.
     path = write_spec(
@@ -497,6 +499,7 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path, sweep_env, t
     assert len(failed) == 5 and all(r.data.tags.get("workbench.failure_reason") for r in failed)
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_multi_objective_front_is_non_dominated(tmp_path, sweep_env):
     path = write_spec(
         tmp_path,
@@ -548,6 +551,7 @@ def _open_trial_runs(uri: str) -> int:
     return sum("optuna.trial_number" in r.data.tags for r in runs)
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_ctrl_c_of_two_workers_interrupts_then_the_rerun_retries_those_params(
     tmp_path, sweep_env, tracking_uri
 ):
@@ -599,6 +603,7 @@ def test_ctrl_c_of_two_workers_interrupts_then_the_rerun_retries_those_params(
     assert len({t.user_attrs[T.WORKER] for t in complete}) == 2  # both workers ran trials
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_killed_worker_trial_is_retried_and_the_study_completes(tmp_path, sweep_env):
     journal = tmp_path / "optuna-journal.log"
     path = write_spec(
@@ -642,6 +647,7 @@ def test_killed_worker_trial_is_retried_and_the_study_completes(tmp_path, sweep_
     assert len(trials) == 4  # three results and the lost trial; nothing duplicated
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_results_api_plots(tmp_path, sweep_env):
     path = write_spec(tmp_path, "plots", n_trials=3)  # no pruner: validation values are still reported
     run_sweep(path, sweep_env, progress=False)
