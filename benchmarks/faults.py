@@ -150,7 +150,10 @@ def train_part(args, tmp: Path) -> dict:
     run = runs[0]  # the newest (the only one when every attempt continued one run)
     for k in kills:
         k["steps_lost"] = k["steps_done"] - k["resume_from"]
-    tokens_per_step = 8 * 64  # moe_debug: data.batch_size x data.seq_len
+    from workbench.preflight import compose
+
+    data = compose("moe_debug", [f"data.cache_dir={tmp / 'data'}"]).data
+    tokens_per_step = data.batch_size * data.seq_len
     lost = [k["steps_lost"] for k in kills]
     val, ref_val = run.data.metrics["val/loss"], ref_run.data.metrics["val/loss"]
     replayed = [
@@ -176,6 +179,7 @@ def train_part(args, tmp: Path) -> dict:
         "val_loss_uninterrupted": ref_val,
         "val_loss_equal": val == ref_val,
         "metrics_logged_twice": replayed,
+        "baseline": "the same train.py command, uninterrupted, in its own store and output_dir",
         "uninterrupted_wall_s": round(ref_wall, 1),
     }
 

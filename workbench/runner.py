@@ -94,8 +94,7 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
         recipe = build_recipe(network, cfg, datamodule, plan.max_steps, resume, out_dir)
         session = open_tracking(cfg, network, datamodule, resume, out_dir) if cfg.tracking.enabled else None
         try:
-            reattached = session is not None and session.reattached
-            previous = session.previous_attempt() if session and (resume or reattached) else None
+            previous = session.previous_attempt() if session and (resume or session.reattached) else None
             meter = CostMeter(
                 plan.rates,
                 cfg.budget,
@@ -275,9 +274,8 @@ def build_recipe(network, cfg: TrainConfig, datamodule, max_steps: int | None, r
     return recipe
 
 
-RUN_FILE = (
-    "mlflow_run.json"  # in output_dir: the run that folder trains, for `ckpt_path=last` before any checkpoint
-)
+# In output_dir: the run that folder trains, for `ckpt_path=last` before its first checkpoint.
+RUN_FILE = "mlflow_run.json"
 
 
 def open_tracking(cfg: TrainConfig, network, datamodule, resume: dict[str, Any] | None, out_dir: Path):

@@ -106,11 +106,12 @@ _pending: str | None = None  # the signal that arrived inside one, raised when t
 
 @contextmanager
 def deferred_interrupts() -> Iterator[None]:
-    """A tracking-store write that an interrupt must not cut in half. A KeyboardInterrupt raised inside an
-    MLflow SQLite write leaves that process's connection holding the database lock: every later write, of
-    this process and of every other one on the store, waits out the 20 s busy timeout and fails (measured:
-    the interrupted worker's KILLED status and its sibling's were both lost). Under the handler of
-    `interrupt_on_signals` a signal that arrives here is raised when the write is done. Other threads, and
+    """A tracking-store call that an interrupt must not cut in half. A KeyboardInterrupt raised inside an
+    MLflow SQLite write (or a read whose cursor is not fully fetched) leaves that process's connection holding
+    a database lock: every later write, of this process and of every other one on the store, waits out the
+    20 s busy timeout and fails (measured: the interrupted worker's KILLED status and its sibling's were both
+    lost). Under the handler of `interrupt_on_signals` a signal that arrives here is raised when the call is
+    done. Other threads, and
     processes without that handler (a notebook kernel), are unaffected."""
     global _deferring, _pending
     if threading.current_thread() is not threading.main_thread():
@@ -130,7 +131,7 @@ def interrupt_on_signals(repeat: str = "raise") -> None:
     """Entry points only: SIGTERM interrupts like Ctrl-C (KeyboardInterrupt), so `kill <pid>`, a launcher and a
     scheduler stop a run the same way. With `repeat="ignore"` only the first SIGINT/SIGTERM interrupts; later
     ones are ignored so that the interrupted run's bookkeeping (an MLflow status, a trial's state) completes.
-    A signal that arrives during a tracking-store write interrupts once the write is done."""
+    A signal that arrives during a tracking-store call interrupts once the call is done."""
     fired = False
 
     def handler(signum, frame):

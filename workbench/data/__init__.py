@@ -25,9 +25,8 @@ def validate_data(d: DataConfig) -> None:
     if d.source == "files":
         from workbench.data.corpus import resolve_files
 
-        resolve_files(
-            list(d.paths)
-        )  # every path names a file (or a pattern matches one): caught before any work
+        # every path names a file (or a pattern matches one): caught before any work
+        resolve_files(list(d.paths))
     if d.source == "hub" and not d.hub_id:
         raise ConfigError("data.hub_id is not set; data.source=hub needs a Hugging Face dataset id")
     if d.source == "mixture":

@@ -38,33 +38,29 @@ def client_for(tracking_uri: str | None = None):
     return cls(tracking_uri=resolve_tracking_uri(tracking_uri))
 
 
-_SHIELDED: list[type] = []
-
-
+@functools.cache
 def shielded_client_class() -> type:
     """MlflowClient with every public method run under `deferred_interrupts`: an interrupt inside a write
     leaves the SQLite connection holding the write lock, and one inside a read (a cursor not fully fetched)
     holds the shared lock that every writer waits for; both lock the store for every process (measured in a
     Ctrl-C of a two-worker sweep). Made once, on first use (mlflow is imported late: it is slow to import)."""
-    if not _SHIELDED:
-        import mlflow
+    import mlflow
 
-        def wrap(method):
-            @functools.wraps(method)
-            def call(self, *args, **kwargs):
-                with deferred_interrupts():
-                    return method(self, *args, **kwargs)
+    def wrap(method):
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            with deferred_interrupts():
+                return method(self, *args, **kwargs)
 
-            return call
+        return call
 
-        base = mlflow.MlflowClient
-        body = {
-            name: wrap(attr)
-            for name, attr in vars(base).items()
-            if not name.startswith("_") and inspect.isfunction(attr)
-        }
-        _SHIELDED.append(type("ShieldedMlflowClient", (base,), body))
-    return _SHIELDED[0]
+    base = mlflow.MlflowClient
+    body = {
+        name: wrap(attr)
+        for name, attr in vars(base).items()
+        if not name.startswith("_") and inspect.isfunction(attr)
+    }
+    return type("ShieldedMlflowClient", (base,), body)
 
 
 def check_tracking(tracking_uri: str | None = None, key: str = "tracking.tracking_uri"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from lightning.pytorch.loggers import MLFlowLogger
 
-from workbench.tracking.session import shielded_client_class
+from workbench.tracking.session import client_for
 
 
 class StepLogger(MLFlowLogger):
@@ -22,7 +22,7 @@ class StepLogger(MLFlowLogger):
         super().__init__(**kwargs)
         self.logged_through = logged_through
         # the same store through a client whose calls an interrupt does not cut in half (a locked store)
-        self._mlflow_client = shielded_client_class()(self._tracking_uri)
+        self._mlflow_client = client_for(self._tracking_uri)
 
     def log_metrics(self, metrics, step=None) -> None:
         if step is not None and step <= self.logged_through:
