@@ -272,3 +272,31 @@ def test_import_layers_hold():
         pytest.skip("import-linter is not installed in this environment")
     proc = subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "overrides", "label"),
+    [
+        ("moe_top2", [], "moe_top2"),
+        ("moe_top2", ["moe.capacity_factor=1.0"], "moe_top2 capacity_factor=1.0"),
+        ("moe_top2", ["moe.capacity_factor=1.25"], "moe_top2"),  # the preset's own value changes nothing
+        # debug size is one word, the rest in config order; where a run writes or how it shows is no change
+        (
+            "moe_switch",
+            ["+debug=default", "moe.top_k=2", "seed=1", "output_dir=/tmp/x"],
+            "moe_switch debug seed=1 top_k=2",
+        ),
+        # two changed keys that end alike keep their full names; past four values the rest is counted
+        ("moe_debug", ["seed=1", "moe.router.seed=2"], "moe_debug seed=1 moe.router.seed=2"),
+        (
+            "moe_debug",
+            ["model.d_model=96", "model.n_layers=3", "data.seq_len=32", "budget.steps=5", "trainer.lr=0.001"],
+            "moe_debug d_model=96 n_layers=3 seq_len=32 lr=0.001 +1 more",
+        ),
+    ],
+)
+def test_run_label_names_what_differs_from_the_preset(experiment, overrides, label):
+    from workbench.config import to_object
+    from workbench.config.compose import run_label
+
+    assert run_label(to_object(compose_dictconfig(experiment, overrides))) == label

@@ -254,6 +254,9 @@ def test_objective_shorthands_and_literal_interpolations(tmp_path):
     single = load_spec(write_spec(tmp_path, objectives="val/loss"))
     assert single.objectives == (Objective("val/loss"),)
     assert single.pareto == (Objective("val/loss"), Objective("cost/train_flops"))
+    # the study names its objectives by their metrics (optuna-dashboard labels its axes with them)
+    study = open_study(spec, f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.metric_names == ["val/bpb", "cost/usd"]
 
 
 def test_grid_enumerates_the_conditional_space():

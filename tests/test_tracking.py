@@ -68,3 +68,25 @@ def test_a_run_leaves_the_process_settings_as_it_found_them():
         assert logging.getLogger("lightning.pytorch").level == logging.WARNING
     assert torch.get_num_threads() == threads
     assert logging.getLogger("lightning.pytorch").level == level
+
+
+def test_a_dense_network_is_logged_as_an_exported_model_that_loads_without_unpickling(tracking_uri):
+    import mlflow.pytorch
+
+    from workbench.config import compose_dictconfig, to_object
+    from workbench.models import build_model
+    from workbench.runner import resolve
+
+    cfg = resolve(to_object(compose_dictconfig("dense_debug")), 257)
+    network = build_model(cfg.model, cfg.moe, cfg.precision).eval()
+    s = TrackingSession.start("exp", "dense", tracking_uri=tracking_uri)
+    example = torch.randint(0, 257, (1, 16))
+    model_id, fmt = s.log_model(network, example, step=5, params={"total_params": 7})
+    s.finish()
+    assert fmt == "pt2"
+    model = s.client.get_logged_model(model_id)
+    assert model.params == {"total_params": "7"} and model.tags["workbench.model_format"] == "pt2"
+    assert [(o.model_id, o.step) for o in s.client.get_run(s.run_id).outputs.model_outputs] == [(model_id, 5)]
+    loaded = mlflow.pytorch.load_model(model.artifact_location)  # a torch.export program: no pickle
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(example), network(example)[0])

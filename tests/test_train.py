@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -52,6 +53,8 @@ def moe_result(tmp_path_factory, data_cache):
             "budget.steps=12",
             f"tracking.tracking_uri={uri}",
             "trainer.val_every_n_steps=6",
+            "tracking.log_model=true",
+            "tracking.system_metrics_interval=0.5",
         ],
     )
     return workbench.run(cfg, print_summary=False)
@@ -83,6 +86,28 @@ def test_mlflow_run_holds_documented_params_metrics_tags_and_config(moe_result):
     client = mlflow.MlflowClient(tracking_uri=moe_result.tracking_uri)
     artifacts = {a.path for a in client.list_artifacts(moe_result.run_id)}
     assert {"config.yaml", "summary.json", "data_stats.json"} <= artifacts
+
+
+def test_the_run_lists_its_corpus_system_metrics_and_model_for_the_mlflow_ui(moe_result):
+    client = mlflow.MlflowClient(tracking_uri=moe_result.tracking_uri)
+    run = client.get_run(moe_result.run_id)
+    assert run.info.run_name == "moe_debug val_every_n_steps=6 steps=12"  # what differs from the preset
+    (entry,) = run.inputs.dataset_inputs  # the Datasets column: the corpus by its content key
+    stats = moe_result.data_stats
+    assert entry.dataset.name == "embedded:code+prose"
+    assert entry.dataset.digest == stats["corpus_key"][:16]
+    assert [(t.key, t.value) for t in entry.tags] == [("mlflow.data.context", "training")]
+    profile = json.loads(entry.dataset.profile)
+    assert (profile["documents"], profile["tokens_train"]) == (stats["docs"], stats["tokens_train"])
+    # system metrics sampled every 0.5 s while it trained (the UI's System metrics tab)
+    cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert len(cpu) >= 2 and all(0 <= m.value <= 100 * os.cpu_count() for m in cpu)
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
+    # the network as an MLflow model of the run; grouped-mm experts do not trace with torch.export yet
+    (output,) = run.outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert (model.source_run_id, model.status) == (run.info.run_id, "READY")
+    assert run.data.tags["workbench.model_format"].startswith("pickle (torch.export:")
 
 
 def test_data_metrics_account_for_every_document(moe_result):
@@ -281,6 +306,9 @@ def test_cli_multirun_prints_jobs_side_by_side(tmp_path, data_cache):
     client = mlflow.MlflowClient(tracking_uri=uri)
     found = client.search_runs([client.get_experiment_by_name("workbench").experiment_id])
     assert sorted(r.data.params["moe.top_k"] for r in found) == ["1", "2"]
+    # named by what differs from the preset (the data cache, output folder and progress bar are not named)
+    names = sorted(r.info.run_name for r in found)  # moe_debug routes top-2 itself
+    assert names == ["moe_debug max_docs=60 steps=3", "moe_debug top_k=1 max_docs=60 steps=3"]
     checkpoints = sorted(r.data.tags["workbench.checkpoint"] for r in found)  # one folder per job
     assert checkpoints == [str(tmp_path / "out" / str(i) / "checkpoints" / "last.ckpt") for i in (0, 1)]
 

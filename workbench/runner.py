@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from workbench.config import ConfigError, to_container
+from workbench.config.compose import run_label
 from workbench.config.schema import (
     BudgetConfig,
     CostConfig,
@@ -84,6 +84,10 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         out_dir = resolve_path(cfg.output_dir)
         resume = read_resume_state(cfg.ckpt_path, out_dir, cfg.name) if cfg.ckpt_path else None
+        if cfg.tracking.enabled and not cfg.tracking.run_name:  # named by its changes, before they resolve
+            cfg = dataclasses.replace(
+                cfg, tracking=dataclasses.replace(cfg.tracking, run_name=run_label(cfg))
+            )
         datamodule = prepare_data(cfg.data, cfg.seed)
         cfg = resolve(cfg, datamodule.vocab_size)
         network = build_model(cfg.model, cfg.moe, cfg.precision)
@@ -94,6 +98,8 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
         recipe = build_recipe(network, cfg, datamodule, plan.max_steps, resume, out_dir)
         session = open_tracking(cfg, network, datamodule, resume, out_dir) if cfg.tracking.enabled else None
         try:
+            if session is not None and cfg.tracking.system_metrics:
+                session.monitor_system(cfg.tracking.system_metrics_interval, resumed=bool(resume))
             previous = session.previous_attempt() if session and (resume or session.reattached) else None
             meter = CostMeter(
                 plan.rates,
@@ -112,7 +118,14 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
             if session is not None:
                 final = {**metrics, **recipe.last_routing_layers}  # per-layer statistics: MLflow only
                 close_tracking(
-                    session, final, stop_reason, checkpoint, network, trainer.global_step, cfg.tracking
+                    session,
+                    final,
+                    stop_reason,
+                    checkpoint,
+                    network,
+                    trainer.global_step,
+                    cfg.tracking,
+                    cfg.data.seq_len,
                 )
         except BaseException as exc:
             if session is not None:
@@ -137,7 +150,8 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
 
 # -- around the stages ------------------------------------------------------------------------------------
 
-_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+# Lightning's, and MLflow's system-metrics monitor (it says when it starts and stops, at INFO)
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning", "mlflow.system_metrics")
 
 
 @contextmanager
@@ -286,8 +300,10 @@ def open_tracking(cfg: TrainConfig, network, datamodule, resume: dict[str, Any] 
     (same run id, the lost steps billed) rather than leaving it behind and starting another."""
     from omegaconf import OmegaConf
 
+    from workbench.config.compose import flatten
     from workbench.models.moe import MoEShape
-    from workbench.tracking.mlflow_utils import flatten, git_commit
+    from workbench.tracking.datasets import corpus_dataset
+    from workbench.tracking.mlflow_utils import git_commit
     from workbench.tracking.session import TrackingSession, close_dead_runs
 
     sha, dirty = git_commit()
@@ -313,8 +329,7 @@ def open_tracking(cfg: TrainConfig, network, datamodule, resume: dict[str, Any] 
         session.reattached = True
         session.set_tags({**tags, "workbench.resumed_from": "no checkpoint yet@step0"})
     else:
-        name = t.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        session = TrackingSession.start(t.experiment_name, name, tags, t.tracking_uri)
+        session = TrackingSession.start(t.experiment_name, t.run_name or cfg.name, tags, t.tracking_uri)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / RUN_FILE).write_text(
             json.dumps({"run_id": session.run_id, "tracking_uri": session.tracking_uri})
@@ -339,6 +354,7 @@ def open_tracking(cfg: TrainConfig, network, datamodule, resume: dict[str, Any] 
             OmegaConf.to_yaml(tree), f"config_resume_step{step}.yaml" if resume else "config.yaml"
         )
         session.log_dict(datamodule.stats, "data_stats.json")
+        session.log_dataset(corpus_dataset(cfg.data, datamodule.stats))
         if datamodule.mixture_report is not None:
             session.log_dict(datamodule.mixture_report, "data/report.json")
             session.log_text(mixture_report_text(datamodule), "data/report.txt")
@@ -432,7 +448,14 @@ def summarise(trainer, recipe, meter, datamodule, network, callbacks) -> tuple[s
 
 
 def close_tracking(
-    session, metrics, stop_reason, checkpoint: Path, network, step: int, tracking: TrackingConfig
+    session,
+    metrics,
+    stop_reason,
+    checkpoint: Path,
+    network,
+    step: int,
+    tracking: TrackingConfig,
+    seq_len: int,
 ) -> None:
     """The end of a run in MLflow: peak memory, stop reason, checkpoint, routing report, summary.json, and
     FINISHED."""
@@ -454,6 +477,12 @@ def close_tracking(
     )
     if tracking.log_checkpoints:
         session.log_artifact(checkpoint, "checkpoints")
+    if tracking.log_model:
+        counts = network.param_counts()
+        example = torch.zeros(1, seq_len, dtype=torch.long, device=next(network.parameters()).device)
+        params = {"total_params": counts["total"], "active_params": counts["active"]}
+        _, fmt = session.log_model(network, example, step=step, params=params)
+        print(f"note: logged the network as an MLflow model ({fmt})")
     session.finish()
 
 

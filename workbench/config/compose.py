@@ -8,8 +8,11 @@ the config composes. Cross-field rules run after this, in `workbench.preflight`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import MissingConfigException, OverrideParseException
@@ -56,12 +59,28 @@ def compose_dictconfig(experiment: str | None = None, overrides: Sequence[str] =
 
     register_configs()
     all_overrides = ([f"+experiment={experiment}"] if experiment else []) + list(overrides)
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return hydra_compose(config_name="train", overrides=all_overrides)
+        with _hydra_state_kept():
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+                return hydra_compose(config_name="train", overrides=all_overrides)
     except Exception as exc:  # Hydra wraps OmegaConf errors; both become one line here
         raise ConfigError(compose_error_message(exc)) from exc
+
+
+@contextmanager
+def _hydra_state_kept():
+    """GlobalHydra as it was before: composing inside a running `@hydra.main` job (a run naming itself by
+    how it differs from its preset) must not leave the app's Hydra cleared or replaced."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    app = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+        if app is not None:
+            GlobalHydra.instance().initialize(app)
 
 
 def _reject_extra_keys(node: DictConfig, where: str = "") -> None:
@@ -96,3 +115,88 @@ def to_container(cfg: TrainConfig) -> dict:
     """The resolved config as plain Python (Enum members as their values): what MLflow params, config.yaml and
     checkpoints record, and what `OmegaConf.structured` reads back."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'d_model': 64}} -> {'model.d_model': 64}; lists become their string form."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{full}."))
+        else:
+            out[full] = value
+    return out
+
+
+# Keys that say where a run is written, cached or shown, not what it trains: never part of a run's label
+# (data workers change no result: the data stage is identical for any number of them).
+UNLABELLED = (
+    "name",
+    "output_dir",
+    "ckpt_path",
+    "tracking.",
+    "tags.",
+    "trainer.progress_bar",
+    "data.cache_dir",
+    "data.num_workers",
+    "data.mixture.workers",
+)
+
+
+@functools.lru_cache(maxsize=32)
+def _preset_values(experiment: str | None, debug: bool) -> dict[str, Any]:
+    overrides = ["+debug=default"] if debug else []
+    return flatten(to_container(to_object(compose_dictconfig(experiment, overrides))))
+
+
+def preset_changes(cfg: TrainConfig) -> tuple[bool, dict[str, Any]]:
+    """(debug size, {key: value}): how `cfg` differs from the preset its `name` names, as short as it can be
+    said -- against the preset, or against the preset at `+debug=default` when that explains more of it.
+
+    A name that is no preset (`name=mine`, a config built in Python) is compared with conf/train.yaml alone.
+    """
+    experiment = None if cfg.name == "default" else cfg.name
+    unused = ("moe.",) if str(cfg.model.ffn) != "moe" else ()  # a dense run has no MoE settings to show
+    values = {k: v for k, v in flatten(to_container(cfg)).items() if not k.startswith(UNLABELLED + unused)}
+    best: tuple[bool, dict[str, Any]] | None = None
+    for debug in (False, True):
+        try:
+            preset = _preset_values(experiment, debug)
+        except ConfigError:  # not a preset: compare with the root config
+            preset = _preset_values(None, debug)
+        changed = {k: v for k, v in values.items() if preset.get(k, _ABSENT) != v}
+        if best is None or len(changed) < len(best[1]):
+            best = (debug, changed)
+    assert best is not None
+    return best
+
+
+_ABSENT = object()
+
+
+def run_label(cfg: TrainConfig, limit: int = 4) -> str:
+    """The MLflow run name of `cfg`: its preset and the values that differ from it, e.g.
+    `moe_top2 capacity_factor=1.0` or `moe_switch debug top_k=2 seed=1`.
+
+    A key is shown by its last part (`moe.capacity_factor` as `capacity_factor`) unless two changed keys end
+    alike; past `limit` values the rest is counted (`+3 more`).
+    """
+    debug, changed = preset_changes(cfg)
+    last = [key.rsplit(".", 1)[-1] for key in changed]
+    shown = [
+        f"{short if last.count(short) == 1 else key}={_short_value(value)}"
+        for (key, value), short in zip(changed.items(), last, strict=True)
+    ]
+    words = [cfg.name, *(["debug"] if debug else []), *shown[:limit]]
+    if len(shown) > limit:
+        words.append(f"+{len(shown) - limit} more")
+    return " ".join(words)
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_short_value(v) for v in value) + "]"
+    return "null" if value is None else str(value)

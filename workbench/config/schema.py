@@ -283,8 +283,12 @@ class TrackingConfig:
     # None: $MLFLOW_TRACKING_URI if set, else a SQLite store `mlflow.db` in the project root
     tracking_uri: str | None = None
     experiment_name: str = "workbench"
-    run_name: str | None = None  # None: "<name>-<timestamp>"
+    run_name: str | None = None  # None: the preset and what differs from it, "moe_top2 capacity_factor=1"
     log_checkpoints: bool = False  # also upload checkpoints as MLflow artifacts
+    log_model: bool = False  # log the final network with mlflow.pytorch (the run's Models / "model" artifact)
+    # CPU, memory, disk, network (and GPU where present) as system/* metrics, the UI's System metrics tab
+    system_metrics: bool = True
+    system_metrics_interval: float = bounded(10.0, gt=0)  # seconds between samples
 
 
 @dataclass

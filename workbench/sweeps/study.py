@@ -111,6 +111,8 @@ def open_study(spec: SweepSpec, storage_url: str, seed_offset: int = 0) -> optun
         study.set_user_attr(SPACE, spec.space_fingerprint())
         study.set_user_attr("workbench.spec", spec.as_dict())
     study.set_user_attr("workbench.objectives", [o.metric for o in spec.objectives])
+    if study.metric_names != [o.metric for o in spec.objectives]:  # optuna-dashboard's axis names
+        study.set_metric_names([o.metric for o in spec.objectives])
     return study
 
 
@@ -196,8 +198,8 @@ def trial_budget(spec: SweepSpec) -> int | None:
 
 def ensure_parent_run(spec: SweepSpec, study: optuna.Study, storage_url: str) -> str | None:
     """The study's MLflow parent run: created once, found again (and reopened) on resume."""
+    from workbench.config.compose import flatten
     from workbench.preflight import compose
-    from workbench.tracking.mlflow_utils import flatten
     from workbench.tracking.sweep_runs import open_study_run
 
     base = compose(spec.experiment, list(spec.overrides))

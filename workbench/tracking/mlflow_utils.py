@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from collections.abc import Mapping
-from typing import Any
 
 from workbench.paths import project_root
 
@@ -42,18 +40,6 @@ def quiet_mlflow_logs() -> None:
     """MLflow and alembic announce every schema migration of a new SQLite store at INFO."""
     for name in ("mlflow", "alembic", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'model': {'d_model': 64}} -> {'model.d_model': 64}; lists become their string form."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, f"{full}."))
-        else:
-            out[full] = value
-    return out
 
 
 def git_commit() -> tuple[str | None, bool]:

@@ -163,6 +163,7 @@ class TrackingSession:
         self.run_id = run_id
         self.closed = False
         self.reattached = False  # continued from step 0 (its attempt before died without a checkpoint)
+        self._monitor = None  # MLflow's SystemMetricsMonitor while it samples
 
     @property
     def tracking_uri(self) -> str:
@@ -260,8 +261,126 @@ class TrackingSession:
         """A matplotlib Figure saved as the artifact `path` (no pyplot, no backend change)."""
         self.client.log_figure(self.run_id, figure, path)
 
+    def log_dataset(self, dataset, context: str = "training") -> None:
+        """An `mlflow.data` dataset as an input of the run (the UI's Datasets column), tagged with `context`;
+        logged once per run (a resumed run has it already)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        have = self.client.get_run(self.run_id).inputs.dataset_inputs
+        if any(d.dataset.digest == dataset.digest and d.dataset.name == dataset.name for d in have):
+            return
+        entity = Dataset(**dataset.to_dict())
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=entity, tags=tags)])
+
+    def log_model(
+        self, network, example, name: str = "model", step: int = 0, params: Mapping[str, Any] = ()
+    ) -> tuple[str, str]:
+        """`network` saved with `mlflow.pytorch` as a logged model of this run (the UI's Models tab; load it with
+        `mlflow.pytorch.load_model("models:/<id>")`); returns (model id, format).
+
+        The format is `pt2` where torch.export traces the network's logits on `example` (a (1, T) batch of
+        token ids): a graph and weights, loaded without unpickling code. Where it cannot trace (the grouped-mm
+        MoE experts), the module is pickled, with the workbench package beside it since the pickle refers to
+        its classes, and the tag `workbench.model_format` says why.
+
+        Through the client, not `mlflow.pytorch.log_model`, which needs the fluent API's process-wide active
+        run. The environment recorded is this process's torch (MLflow would otherwise infer it by loading
+        the model in a subprocess)."""
+        import logging
+        import tempfile
+
+        import mlflow.pytorch
+        import torch
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model
+
+        class Logits(torch.nn.Module):  # the network's forward also returns routing statistics
+            def __init__(self) -> None:
+                super().__init__()
+                self.network = network
+
+            def forward(self, idx):
+                return self.network(idx)[0]
+
+        run = self.client.get_run(self.run_id)
+        model = self.client.create_logged_model(
+            run.info.experiment_id,
+            name=name,
+            source_run_id=self.run_id,
+            params={str(k): str(v)[:MAX_PARAM_CHARS] for k, v in dict(params).items()},
+            model_type="pytorch",
+        )
+        common = {"pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"]}
+        fmt = "pt2"
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+
+                def meta() -> Model:
+                    return Model(model_id=model.model_id, run_id=self.run_id)
+
+                fake_tensor_log = logging.getLogger("torch._subclasses.fake_tensor")
+                disabled, fake_tensor_log.disabled = fake_tensor_log.disabled, True  # a failed trace's pages
+                try:
+                    mlflow.pytorch.save_model(
+                        Logits().eval(),
+                        f"{tmp}/model",
+                        mlflow_model=meta(),
+                        input_example=example.cpu().numpy(),
+                        serialization_format="pt2",
+                        **common,
+                    )
+                except Exception as exc:
+                    fmt = f"pickle (torch.export: {first_line(exc)[:200]})"
+                    mlflow.pytorch.save_model(
+                        network,
+                        f"{tmp}/pickled",
+                        mlflow_model=meta(),
+                        serialization_format="pickle",
+                        code_paths=[str(Path(__file__).parents[1])],  # the workbench package
+                        **common,
+                    )
+                finally:
+                    fake_tensor_log.disabled = disabled
+                self.client.log_model_artifacts(
+                    model.model_id, f"{tmp}/model" if fmt == "pt2" else f"{tmp}/pickled"
+                )
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        self.client.set_logged_model_tags(model.model_id, {"workbench.model_format": fmt})
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
+        self.set_tags({"workbench.model_id": model.model_id, "workbench.model_format": fmt[:MAX_TAG_CHARS]})
+        return model.model_id, fmt
+
+    def monitor_system(self, interval: float, resumed: bool = False) -> None:
+        """Sample CPU, memory, disk, network (and GPU) every `interval` s into `system/*` metrics until the run
+        closes (MLflow's own monitor, in a daemon thread; a resumed run continues its steps). On several
+        ranks each logs under its own node id."""
+        import os
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        node = f"rank{os.environ.get('RANK', '0')}" if world > 1 else None
+        self._monitor = SystemMetricsMonitor(
+            self.run_id,
+            sampling_interval=interval,
+            resume_logging=resumed,
+            node_id=node,
+            tracking_uri=self.tracking_uri,
+        )
+        self._monitor.start()
+
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None:
+            monitor, self._monitor = self._monitor, None
+            monitor.finish()
+
     # -- closing ------------------------------------------------------------------------------------------
     def finish(self, status: str = "FINISHED") -> None:
+        self._stop_monitor()
         _retry(lambda: self.client.set_terminated(self.run_id, status))
         self.closed = True
 
