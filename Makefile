@@ -41,6 +41,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 ui: $(STAMP)
+	@echo "runs table: http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning (the id each run prints)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root file://$(CURDIR)/mlartifacts
 
 clean:

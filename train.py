@@ -45,7 +45,12 @@ def main(dcfg: DictConfig) -> dict[str, float | str | None]:
     # run() validates again, and may find bad input only the data reveals (a missing file, an empty split)
     with one_line_errors(VERBOSE):
         result = run(_per_job_output_dir(to_object(dcfg)))
-    return {"name": result.name, "run_id": result.run_id, **result.metrics}
+    return {
+        "name": result.name,
+        "run_id": result.run_id,
+        "experiment_id": result.experiment_id,
+        **result.metrics,
+    }
 
 
 if __name__ == "__main__":

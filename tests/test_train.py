@@ -224,6 +224,8 @@ def test_cli_end_to_end(tmp_path, data_cache):
     client = mlflow.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("workbench").experiment_id])
     assert run.info.status == "FINISHED"
+    # the link to the runs table (tests/test_mlflow_ui.py opens it in a browser)
+    assert f"/#/experiments/{run.info.experiment_id}?workflowType=machine_learning" in proc.stdout
     for key in (
         "val/loss",
         "val/bpb",

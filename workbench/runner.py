@@ -51,6 +51,7 @@ class RunResult:
     stop_reason: str | None
     config: TrainConfig
     data_stats: dict[str, Any] = field(default_factory=dict)
+    experiment_id: str | None = None  # of the MLflow run
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
         stop_reason=stop_reason,
         config=cfg,
         data_stats=dict(datamodule.stats),
+        experiment_id=session.experiment_id if session else None,
     )
     if print_summary and int(os.environ.get("LOCAL_RANK", "0")) == 0:
         print_run(result, trainer.global_step)
@@ -508,6 +510,8 @@ def print_run(result: RunResult, step: int) -> None:
         f"stopped by: {result.stop_reason or 'budget'} at step {step}",
     ]
     if result.tracking_uri:
-        footer.append(f"MLflow run {result.run_id} -> {ui_command(result.tracking_uri)}")
+        footer.append(
+            f"MLflow run {result.run_id} -> {ui_command(result.tracking_uri, result.experiment_id)}"
+        )
     title = f"{result.name}: quality and cost"
     print_comparison({result.name: result.metrics}, title=title, footer=footer)

@@ -17,6 +17,7 @@ class CompareRuns(Callback):
 
     def __init__(self) -> None:
         self.jobs: list[tuple[str, list[str], dict[str, float]]] = []
+        self.experiment_id: str | None = None
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         value = getattr(job_return, "_return_value", None)
@@ -25,6 +26,7 @@ class CompareRuns(Callback):
         overrides = list(getattr(job_return, "overrides", None) or [])
         metrics = {k: v for k, v in value.items() if isinstance(v, float)}
         self.jobs.append((str(value.get("name")), overrides, metrics))
+        self.experiment_id = value.get("experiment_id") or self.experiment_id
 
     def labels(self) -> list[str]:
         common = set.intersection(*(set(o) for _, o, _ in self.jobs)) if self.jobs else set()
@@ -45,4 +47,6 @@ class CompareRuns(Callback):
 
         columns = {label: metrics for label, (_, _, metrics) in zip(self.labels(), self.jobs, strict=True)}
         uri = resolve_tracking_uri(config.get("tracking", {}).get("tracking_uri"))
-        print_comparison(columns, title="Side by side", footer=[f"MLflow UI: {ui_command(uri)}"])
+        print_comparison(
+            columns, title="Side by side", footer=[f"MLflow UI: {ui_command(uri, self.experiment_id)}"]
+        )

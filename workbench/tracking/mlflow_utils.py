@@ -27,13 +27,26 @@ def artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
-def ui_command(tracking_uri: str) -> str:
-    """The command that opens the MLflow UI on this store."""
+# MLflow 3.17's UI opens an experiment on its GenAI overview unless the sidebar's workflow switch (kept in the
+# browser) says "Model training" or the address carries this; the experiment's mlflow.experimentKind tag is not
+# read by the 3.17.2 bundle (tests/test_mlflow_ui.py pins both).
+RUNS_TABLE_QUERY = "?workflowType=machine_learning"
+
+
+def runs_table_url(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The address of an experiment's runs table in the MLflow UI served at `base`."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}{RUNS_TABLE_QUERY}"
+
+
+def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
+    """The command that opens the MLflow UI on this store (and, given an experiment, the runs table's address)."""
     if tracking_uri.startswith(("http://", "https://", "databricks")):
-        return f"open {tracking_uri} in a browser"
+        where = runs_table_url(experiment_id, tracking_uri) if experiment_id else tracking_uri
+        return f"open {where} in a browser"
     art = artifact_root(tracking_uri)
     extra = f" --default-artifact-root {art}" if art else ""
-    return f"mlflow ui --backend-store-uri {tracking_uri}{extra}"
+    then = f", then open {runs_table_url(experiment_id)}" if experiment_id else ""
+    return f"mlflow ui --backend-store-uri {tracking_uri}{extra}{then}"
 
 
 def quiet_mlflow_logs() -> None:

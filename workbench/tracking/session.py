@@ -24,7 +24,8 @@ FAILURE_REASON = "workbench.failure_reason"
 # Which process holds a RUNNING run: a run whose process is gone was killed and is closed (`close_dead_runs`).
 HOST, PID, PID_STARTED = "workbench.host", "workbench.pid", "workbench.pid_started"
 PROGRESS = "workbench.progress"  # a training run's computed totals at its last log (lost work on resume)
-# MLflow 3.17's UI opens an experiment on its GenAI overview unless the experiment carries this kind.
+# The experiment kind MLflow records for training runs (its UI read it to choose the runs table over the GenAI
+# overview; the 3.17.2 bundle decides by the workflow switch instead: mlflow_utils.RUNS_TABLE_QUERY).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 MAX_PARAM_CHARS = 6000
 MAX_TAG_CHARS = 5000
