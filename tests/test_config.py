@@ -300,3 +300,18 @@ def test_run_label_names_what_differs_from_the_preset(experiment, overrides, lab
     from workbench.config.compose import run_label
 
     assert run_label(to_object(compose_dictconfig(experiment, overrides))) == label
+
+
+def test_config_digest_keys_what_a_run_trains_not_where_it_is_written():
+    from workbench.config import to_object
+    from workbench.config.compose import config_digest
+
+    def digest(*overrides: str) -> str:
+        return config_digest(to_object(compose_dictconfig("moe_debug", list(overrides))))
+
+    base = digest()
+    assert digest("output_dir=/tmp/elsewhere", "tracking.run_name=x", "data.cache_dir=/tmp/c") == base
+    assert digest("moe.capacity_factor=1.25") == base  # the preset's own value
+    assert (
+        len({base, digest("seed=1"), digest("moe.capacity_factor=1.5"), digest("precision=bf16-mixed")}) == 4
+    )

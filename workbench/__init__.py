@@ -7,13 +7,14 @@ Python API (the same configs as `python train.py`):
     result = workbench.run(cfg)          # trains, logs to MLflow, returns final metrics
     df = workbench.runs()                # every finished run as a DataFrame
     res = workbench.sweep("sweeps/capacity_factor.yaml", ["n_trials=4"])   # an Optuna study; res.pareto
+    rep = workbench.report("ci")         # the cost-benefit table, measured (python -m workbench.report)
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["compose", "run", "runs", "sweep", "sweep_results", "ConfigError"]
+__all__ = ["compose", "run", "runs", "sweep", "sweep_results", "report", "ConfigError"]
 
 
 def __getattr__(name: str):
@@ -38,6 +39,10 @@ def __getattr__(name: str):
         from workbench.sweeps.study import run_sweep
 
         return run_sweep
+    if name == "report":
+        from workbench.report import build_report
+
+        return build_report
     if name == "sweep_results":
         from workbench.sweeps.results import SweepResults
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from workbench.config import ConfigError, to_container
-from workbench.config.compose import run_label
+from workbench.config.compose import DIGEST_TAG, config_digest, run_label
 from workbench.config.schema import (
     BudgetConfig,
     CostConfig,
@@ -85,9 +85,12 @@ def run(cfg: TrainConfig, print_summary: bool = True, callbacks: Sequence[Any] =
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         out_dir = resolve_path(cfg.output_dir)
         resume = read_resume_state(cfg.ckpt_path, out_dir, cfg.name) if cfg.ckpt_path else None
-        if cfg.tracking.enabled and not cfg.tracking.run_name:  # named by its changes, before they resolve
+        if cfg.tracking.enabled:  # named by its changes and keyed by its content, before they resolve
+            name = cfg.tracking.run_name or run_label(cfg)
             cfg = dataclasses.replace(
-                cfg, tracking=dataclasses.replace(cfg.tracking, run_name=run_label(cfg))
+                cfg,
+                tracking=dataclasses.replace(cfg.tracking, run_name=name),
+                tags={**cfg.tags, DIGEST_TAG: config_digest(cfg)},
             )
         datamodule = prepare_data(cfg.data, cfg.seed)
         cfg = resolve(cfg, datamodule.vocab_size)
@@ -497,7 +500,11 @@ def mixture_report_text(datamodule) -> str:
     from workbench.data.report import render
 
     buf = io.StringIO()
-    render(datamodule.mixture_report, datamodule.stats.get("mixture"), Console(file=buf, width=160))
+    render(
+        datamodule.mixture_report,
+        datamodule.stats.get("mixture"),
+        Console(file=buf, width=160, force_jupyter=False),
+    )
     return buf.getvalue()
 
 

@@ -200,3 +200,17 @@ def _short_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ",".join(_short_value(v) for v in value) + "]"
     return "null" if value is None else str(value)
+
+
+DIGEST_TAG = "workbench.config_digest"
+
+
+def config_digest(cfg: TrainConfig) -> str:
+    """A content key of what `cfg` trains: SHA-256 of its resolved values, minus the keys that only say where
+    it is written or shown (UNLABELLED). Runs with equal digests trained the same thing (the report reuses
+    them); the tag DIGEST_TAG carries it on every run."""
+    import hashlib
+    import json
+
+    values = {k: v for k, v in flatten(to_container(cfg)).items() if not k.startswith(UNLABELLED)}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
