@@ -144,6 +144,11 @@ UNLABELLED = (
 )
 
 
+def trained_values(cfg: TrainConfig) -> dict[str, Any]:
+    """The flattened resolved config minus the UNLABELLED keys: what a run of `cfg` trains."""
+    return {k: v for k, v in flatten(to_container(cfg)).items() if not k.startswith(UNLABELLED)}
+
+
 @functools.lru_cache(maxsize=32)
 def _preset_values(experiment: str | None, debug: bool) -> dict[str, Any]:
     overrides = ["+debug=default"] if debug else []
@@ -157,8 +162,9 @@ def preset_changes(cfg: TrainConfig) -> tuple[bool, dict[str, Any]]:
     A name that is no preset (`name=mine`, a config built in Python) is compared with conf/train.yaml alone.
     """
     experiment = None if cfg.name == "default" else cfg.name
-    unused = ("moe.",) if str(cfg.model.ffn) != "moe" else ()  # a dense run has no MoE settings to show
-    values = {k: v for k, v in flatten(to_container(cfg)).items() if not k.startswith(UNLABELLED + unused)}
+    values = trained_values(cfg)
+    if str(cfg.model.ffn) != "moe":  # a dense run has no MoE settings to show
+        values = {k: v for k, v in values.items() if not k.startswith("moe.")}
     best: tuple[bool, dict[str, Any]] | None = None
     for debug in (False, True):
         try:
@@ -212,5 +218,4 @@ def config_digest(cfg: TrainConfig) -> str:
     import hashlib
     import json
 
-    values = {k: v for k, v in flatten(to_container(cfg)).items() if not k.startswith(UNLABELLED)}
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(trained_values(cfg), sort_keys=True, default=str).encode()).hexdigest()

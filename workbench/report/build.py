@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.report.levers import Measured, Row, rows, slug
+from workbench.report.levers import Measured, Row, moe_preset, rows, slug
 
 CURVE_XS = ("cost/train_flops", "cost/train_seconds", "cost/tokens")
 
@@ -63,10 +63,9 @@ def build_report(
         "trainer.progress_bar=false",
     ]
 
-    moe_preset = rows(size, 0)[0].arms[1].preset
-    moe_cfg = compose(moe_preset)
+    moe_cfg = compose(moe_preset(size))
     shape = MoEShape.of(moe_cfg.moe, moe_cfg.model.d_ff)
-    table_rows = rows(size, (shape.num_experts + shape.num_shared) * shape.expert_hidden)
+    table_rows = rows(size, shape.total_hidden)
 
     trained: list[str] = []
     found: dict[str, str] = {}  # digest -> run id

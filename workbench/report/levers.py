@@ -76,6 +76,11 @@ def _settings(size: str) -> dict[str, Any]:
     }
 
 
+def moe_preset(size: str) -> str:
+    """The MoE preset the table's MoE rows train at `size`."""
+    return _settings(size)["moe"]
+
+
 def rows(size: str, d_ff_total: int) -> list[Row]:
     """The table's rows at `size`; `d_ff_total` is the dense width with the MoE's total FFN parameters."""
     s = _settings(size)

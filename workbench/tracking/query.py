@@ -98,17 +98,18 @@ def curves(
 
     quiet_mlflow_logs()
     client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+
+    def history_of(run_id: str, key: str) -> pd.DataFrame:  # one value per step: the last one logged there
+        h = pd.DataFrame(
+            [(m.step, m.value) for m in client.get_metric_history(run_id, key)], columns=["step", key]
+        )
+        return h.drop_duplicates("step", keep="last").sort_values("step")
+
     frames = []
     for run_id in run_ids:
-        history = pd.DataFrame(
-            [(m.step, m.value) for m in client.get_metric_history(run_id, y)], columns=["step", y]
-        )
-        history = history.drop_duplicates("step", keep="last").sort_values("step")
+        history = history_of(run_id, y)
         for x in xs:
-            xh = pd.DataFrame(
-                [(m.step, m.value) for m in client.get_metric_history(run_id, x)], columns=["step", x]
-            )
-            xh = xh.drop_duplicates("step", keep="last").sort_values("step")
+            xh = history_of(run_id, x)
             history = (
                 pd.merge_asof(history, xh, on="step") if len(xh) else history.assign(**{x: float("nan")})
             )

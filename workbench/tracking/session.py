@@ -304,9 +304,8 @@ class TrackingSession:
             def forward(self, idx):
                 return self.network(idx)[0]
 
-        run = self.client.get_run(self.run_id)
         model = self.client.create_logged_model(
-            run.info.experiment_id,
+            self.experiment_id,
             name=name,
             source_run_id=self.run_id,
             params={str(k): str(v)[:MAX_PARAM_CHARS] for k, v in dict(params).items()},

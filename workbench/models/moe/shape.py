@@ -32,6 +32,12 @@ class MoEShape:
             num_shared=cfg.num_shared_experts,
         )
 
+    @property
+    def total_hidden(self) -> int:
+        """The width of a dense FFN with this layer's total expert parameters (routed and shared side by side):
+        the equal-total dense baseline."""
+        return (self.num_experts + self.num_shared) * self.expert_hidden
+
     def active_experts(self, cfg: MoEConfig) -> float:
         """Routed experts each token uses on average: k, or k * capacity_factor for expert choice."""
         if cfg.router.type == "expert_choice":
