@@ -342,3 +342,39 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_payload(tmp_path):
     ):
         load_teacher(bad)
     assert not marker.exists()
+
+
+def test_routing_statistics_are_logged_at_the_step_they_were_computed(debug_overrides, monkeypatch):
+    from workbench.training.module import LMRecipe
+
+    computed: dict[int, float] = {}
+    real = LMRecipe.routing_metrics
+
+    def recording(self, aux):
+        out = real(self, aux)
+        computed[self.global_step] = out["moe/max_vio_global"]
+        return out
+
+    monkeypatch.setattr(LMRecipe, "routing_metrics", recording)
+    cfg = workbench.compose(
+        "moe_debug",
+        [*debug_overrides, "budget.steps=12", "trainer.log_every_n_steps=5", "trainer.val_every_n_steps=100"],
+    )
+    result = workbench.run(cfg, print_summary=False)
+    history = mlflow.MlflowClient(tracking_uri=result.tracking_uri).get_metric_history(
+        result.run_id, "moe/max_vio_global"
+    )
+    # Lightning sends steps 4 and 9 (0-based, every 5th); the statistics are computed there and on the last step
+    assert sorted(computed) == [4, 9, 11]
+    assert [(m.step, m.value) for m in history] == [
+        (4, pytest.approx(computed[4])),
+        (9, pytest.approx(computed[9])),
+    ]
+    assert result.metrics["moe/max_vio_global"] == pytest.approx(computed[11])  # the summary: the last step
+
+
+def test_a_statistics_interval_off_the_logging_steps_is_refused():
+    with pytest.raises(
+        workbench.ConfigError, match=r"moe.stats_every_n_steps=3 is not a multiple of trainer"
+    ):
+        workbench.compose("moe_debug", ["moe.stats_every_n_steps=3", "trainer.log_every_n_steps=2"])

@@ -31,9 +31,21 @@ def validate(cfg: TrainConfig) -> None:
     validate_data(cfg.data)
     validate_vocab(cfg)
     validate_trainer(cfg.trainer)
+    validate_stats_interval(cfg)
     validate_budget(cfg.budget)
     validate_cost(cfg.cost, cfg.trainer.accelerator)
     check_fields(cfg.tracking, "tracking")
+
+
+def validate_stats_interval(cfg: TrainConfig) -> None:
+    """Routing statistics reach the logger only on Lightning's logging steps: an interval that is not a multiple
+    of `trainer.log_every_n_steps` would send values computed steps before the step they are logged at."""
+    every, log_every = cfg.moe.stats_every_n_steps, cfg.trainer.log_every_n_steps
+    if every is not None and every % log_every != 0:
+        raise ConfigError(
+            f"moe.stats_every_n_steps={every} is not a multiple of trainer.log_every_n_steps={log_every}: "
+            "statistics are sent on logging steps only; use a multiple, or lower trainer.log_every_n_steps"
+        )
 
 
 MIN_VOCAB = 257  # every tokenizer holds the 256 byte symbols and end-of-text (workbench.data.tokenizer)

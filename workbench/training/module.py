@@ -82,13 +82,21 @@ class LMRecipe(pl.LightningModule):
         self.log("train/loss", ce.detach(), on_step=True, prog_bar=True)
         self._last_ce = ce.detach()
         self.log("train/total_loss", loss.detach(), on_step=True)
-        if aux.layers and self.global_step % self.stats_every == 0:
+        if aux.layers and self._stats_step():
             routing = self.routing_metrics(aux)
             self.log_dict(routing, on_step=True)
             # for the run summary: a later stand-alone validate() clears the trainer's callback_metrics
             self.last_routing = {k: v for k, v in routing.items() if not k.startswith("moe/layer")}
             self.last_routing_layers = {k: v for k, v in routing.items() if k.startswith("moe/layer")}
         return loss
+
+    def _stats_step(self) -> bool:
+        """Routing statistics are computed on the steps Lightning sends to the logger, which are those whose
+        `global_step + 1` is a multiple of `trainer.log_every_n_steps` (stats_every is a multiple of it: see
+        `workbench.preflight`), so each logged value is the step it is logged at, not one interval older; and on
+        the last scheduled step, so a run shorter than the interval still ends with statistics in its summary."""
+        done = self.global_step + 1
+        return done % self.stats_every == 0 or done == self.trainer.max_steps
 
     @property
     def last_train_loss(self) -> float | None:
