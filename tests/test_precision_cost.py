@@ -135,3 +135,16 @@ def test_fp16_mixed_scales_gradients_on_gpu(debug_overrides):
     history = mlflow.MlflowClient().get_metric_history(result.run_id, "train/grad_scale")
     assert history and all(h.value > 0 for h in history)
     assert math.isfinite(result.metrics["val/loss"])
+
+
+def test_cpu_peak_memory_covers_the_run_not_what_the_process_did_before(debug_overrides):
+    from workbench.training.callbacks import peak_memory_gb
+
+    big = torch.ones(500_000_000)  # 2 GB, touched: the process's high-water mark is now above 2 GB
+    del big
+    before = peak_memory_gb(None)
+    assert before > 2.0
+    cfg = workbench.compose("dense_debug", [*debug_overrides, "budget.steps=4"])
+    peak = workbench.run(cfg, print_summary=False).metrics["cost/peak_mem_gb"]
+    # the run's peak is the resident set while it trained: torch, Lightning and MLflow loaded, and a tiny model
+    assert 0.1 < peak < before - 1.5

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
 import math
 import resource
 import time
@@ -11,6 +14,8 @@ import lightning.pytorch as pl
 import torch
 
 from workbench.config.schema import BudgetConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,11 +29,51 @@ class CostRates:
     devices: int = 1
 
 
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_peak_memory(device: torch.device | None) -> bool:
+    """Start the peak-memory window at the start of training; True when the peak will cover this run only.
+
+    CUDA: torch's allocator statistics. CPU (Linux): freed heap is first handed back to the OS (glibc's
+    `malloc_trim`), so memory an earlier run in this process freed but kept mapped is not counted, then the
+    resident-set high-water mark is reset to the current size (`/proc/self/clear_refs` 5, Linux >= 4.0), the
+    CPU counterpart of `torch.cuda.reset_peak_memory_stats`. Where neither exists the peak is the process's
+    lifetime maximum, and runs trained one after another in one process would read the largest one.
+    """
+    if device is not None and device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    libc = ctypes.util.find_library("c")
+    if libc is not None:
+        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _proc_status_kb("VmHWM") is not None
+
+
 def peak_memory_gb(device: torch.device | None) -> float:
-    """Peak accelerator memory allocated by torch; on CPU the process's peak resident set size."""
+    """Peak accelerator memory allocated by torch; on CPU the peak resident set size since
+    `reset_peak_memory` (the process's lifetime peak where it could not be reset)."""
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # ru_maxrss is KiB on Linux
+    hwm = _proc_status_kb("VmHWM")
+    if hwm is None:
+        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return hwm * 1024 / 1e9
 
 
 class CostMeter(pl.Callback):
@@ -146,8 +191,10 @@ class CostMeter(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._bill_lost_work()
         self._t_last = time.perf_counter()
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+        if not reset_peak_memory(trainer.strategy.root_device):
+            log.warning(
+                "cost/peak_mem_gb is this process's lifetime peak: its high-water mark cannot be reset here"
+            )
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit":  # close the training interval before validation starts
