@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from workbench.report.levers import at_x, first_reaching
+from workbench.report.levers import at_x, first_reaching, paired_ratios
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +30,11 @@ def test_curve_interpolation_and_first_crossing():
     assert first_reaching(c, "r", 0.5, "cost/tokens") != first_reaching(c, "r", 0.5, "cost/tokens")  # never
 
 
+def test_ratios_pair_the_seeds_both_arms_have():
+    values = {("a", 0): 2.0, ("a", 1): 3.0, ("a", 2): 9.0, ("base", 0): 1.0, ("base", 1): 2.0}
+    assert paired_ratios(values, "a", "base") == [2.0, 1.5]  # seed 2 has no base run
+
+
 @pytest.mark.slow
 def test_report_trains_what_is_missing_then_reuses_it(tmp_path, data_cache):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -38,9 +43,9 @@ def test_report_trains_what_is_missing_then_reuses_it(tmp_path, data_cache):
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1500)
     assert first.returncode == 0, first.stderr[-3000:]
     trained = int(re.search(r"trained (\d+) runs", first.stdout).group(1))
-    # MoE 3 arms x 2 seeds, filtering 2 x 2, compile 1 more (eager is the equal-active dense run),
-    # precision 3 (its fp32 arm is the MoE run of seed 0: precision=fp32 is the default, the same digest), utilization 0
-    assert trained == 6 + 4 + 1 + 3
+    # MoE 3 arms x 2 seeds, filtering 2 x 2, compile 2 more (eager is the equal-active dense run), precision
+    # 3 x 2 (its fp32 arm is the MoE run: precision=fp32 is the default, the same digest), utilization 0
+    assert trained == 6 + 4 + 2 + 6
     md = (tmp_path / "reports" / "cost-benefit-ci.md").read_text()
     for lever in (
         "Mixture-of-Experts",

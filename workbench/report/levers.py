@@ -119,14 +119,14 @@ def rows(size: str, d_ff_total: int) -> list[Row]:
             "kernels and compile",
             "2-3x training throughput per device",
             (eager, compiled),
-            seeds[:1],
+            seeds[:2],
             measure_compile,
         ),
         Row(
             "mixed precision",
             "large speed and memory saving without losing stability",
             precisions,
-            seeds[:1],
+            seeds[:2],
             measure_precision,
         ),
         Row(
@@ -275,42 +275,76 @@ def steady_throughput(curves: pd.DataFrame, run_id: str) -> float:
     )
 
 
+def paired_ratios(values: dict[tuple[str, int], float], arm: str, base: str) -> list[float]:
+    """`arm` over `base` seed by seed (the seeds both have): each seed's runs share data order and init."""
+    seeds = sorted({s for a, s in values if a == arm} & {s for a, s in values if a == base})
+    return [values[(arm, s)] / values[(base, s)] for s in seeds]
+
+
+def _ratio_text(ratios: list[float]) -> str:
+    ratios = [r for r in ratios if r == r]
+    if not ratios:
+        return "n/a"
+    mean = float(np.mean(ratios))
+    return f"{mean:.2f}x" + (f" ± {np.std(ratios, ddof=1):.2f}" if len(ratios) > 1 else "")
+
+
+def _by_arm_seed(runs: pd.DataFrame, metric: str) -> dict[tuple[str, int], float]:
+    return {(a, int(s)): float(v) for a, s, v in zip(runs["arm"], runs["seed"], runs[metric], strict=True)}
+
+
 def measure_compile(runs: pd.DataFrame, curves: pd.DataFrame) -> Measured:
     """Training throughput with torch.compile over eager PyTorch, same model and batch, on this machine: steady
-    (after the first validation interval) and over the whole run (compilation included)."""
+    (after the first validation interval) and over the whole run (compilation included), seed by seed."""
+    steady = {
+        (a, int(s)): steady_throughput(curves, r)
+        for a, s, r in zip(runs["arm"], runs["seed"], runs["run_id"], strict=True)
+    }
+    whole = _by_arm_seed(runs, "cost/tokens_per_s")
+    steady_ratios = paired_ratios(steady, "torch.compile", "eager")
+    whole_ratios = paired_ratios(whole, "torch.compile", "eager")
 
-    def both(arm: str) -> tuple[float, float]:
-        ids = runs.loc[runs["arm"] == arm, "run_id"]
-        steady = float(np.nanmean([steady_throughput(curves, r) for r in ids]))
-        return steady, _mean_std(runs, arm, "cost/tokens_per_s")[0]
+    def mean_of(values: dict, arm: str) -> float:
+        return float(np.nanmean([v for (a, _), v in values.items() if a == arm]))
 
-    (eager_steady, eager_all), (comp_steady, comp_all) = both("eager"), both("torch.compile")
     text = (
-        f"torch.compile: {comp_steady / eager_steady:.2f}x the eager tokens/s once compiled "
-        f"({comp_steady:,.0f} vs {eager_steady:,.0f}), {comp_all / eager_all:.2f}x over the whole run "
-        f"(compilation included); no GPU record yet (Triton kernels: issue 11)."
+        f"torch.compile: {_ratio_text(steady_ratios)} the eager tokens/s once compiled "
+        f"({mean_of(steady, 'torch.compile'):,.0f} vs {mean_of(steady, 'eager'):,.0f}), "
+        f"{_ratio_text(whole_ratios)} over the whole run (compilation included); no GPU record yet "
+        f"(Triton kernels: issue 11)."
     )
     return Measured(
         text,
         {
-            "compile_steady_throughput_ratio": comp_steady / eager_steady,
-            "compile_run_throughput_ratio": comp_all / eager_all,
+            "compile_steady_throughput_ratio": float(np.nanmean(steady_ratios)),
+            "compile_run_throughput_ratio": float(np.nanmean(whole_ratios)),
         },
     )
 
 
 def measure_precision(runs: pd.DataFrame, curves: pd.DataFrame) -> Measured:
-    """Tokens/s, peak memory, quality and router flip rate of each precision policy against fp32."""
+    """Tokens/s and peak memory of each precision policy over fp32 (seed by seed), its quality and its router
+    flip rate."""
     parts, numbers = [], {}
-    base_tps = _mean_std(runs, "fp32", "cost/tokens_per_s")[0]
-    base_mem = _mean_std(runs, "fp32", "cost/peak_mem_gb")[0]
+    tps, mem = _by_arm_seed(runs, "cost/tokens_per_s"), _by_arm_seed(runs, "cost/peak_mem_gb")
     for arm in dict.fromkeys(runs["arm"]):
-        tps = _mean_std(runs, arm, "cost/tokens_per_s")[0]
-        mem = _mean_std(runs, arm, "cost/peak_mem_gb")[0]
-        bpb = _mean_std(runs, arm, "val/bpb")[0]
-        part = f"{arm}: {tps / base_tps:.2f}x tokens/s, {mem / base_mem:.2f}x peak memory, val bpb {bpb:.3f}"
+        if arm == "fp32":
+            part = f"fp32: {_pm(runs, arm, 'cost/tokens_per_s', ',.0f')} tokens/s, "
+            part += (
+                f"{_pm(runs, arm, 'cost/peak_mem_gb', '.2f')} GB peak, val bpb {_pm(runs, arm, 'val/bpb')}"
+            )
+            parts.append(part)
+            continue
+        tps_r, mem_r = paired_ratios(tps, arm, "fp32"), paired_ratios(mem, arm, "fp32")
+        part = (
+            f"{arm}: {_ratio_text(tps_r)} tokens/s, {_ratio_text(mem_r)} peak memory, "
+            f"val bpb {_pm(runs, arm, 'val/bpb')}"
+        )
         key = slug(arm)
-        numbers |= {f"{key}_throughput_ratio": tps / base_tps, f"{key}_memory_ratio": mem / base_mem}
+        numbers |= {
+            f"{key}_throughput_ratio": float(np.mean(tps_r)),
+            f"{key}_memory_ratio": float(np.mean(mem_r)),
+        }
         flips = (
             runs.loc[runs["arm"] == arm, "moe/router_flip_rate"] if "moe/router_flip_rate" in runs else None
         )
@@ -318,7 +352,9 @@ def measure_precision(runs: pd.DataFrame, curves: pd.DataFrame) -> Measured:
             part += f", router decisions flipped against fp32 {100 * float(flips.mean()):.2f}%"
             numbers[f"{key}_router_flip_rate"] = float(flips.mean())
         parts.append(part)
-    return Measured("; ".join(parts) + " (the router in fp32 unless named).", numbers)
+    return Measured(
+        "; ".join(parts) + " (ratios against fp32 seed by seed; the router in fp32 unless named).", numbers
+    )
 
 
 def slug(text: str) -> str:
