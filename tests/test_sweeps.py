@@ -659,8 +659,11 @@ def test_results_api_plots(tmp_path, sweep_env):
     import matplotlib
 
     matplotlib.use("Agg")
+    facecolor = matplotlib.rcParams["axes.facecolor"]
     for kind in ("pareto_front", "optimization_history", "param_importances", "intermediate_values", "slice"):
         assert res.plot(kind) is not None
+    # Optuna's plots restyle pyplot globally (ggplot); the user's style is back after each
+    assert matplotlib.rcParams["axes.facecolor"] == facecolor
     with pytest.raises(ValueError, match="plot kind 'nope'"):
         res.plot("nope")
     assert set(itertools.chain(res.param_importances())) == {"trainer.lr"}
@@ -689,4 +692,8 @@ def test_seeds_average_and_nest_under_the_trial_run(tmp_path, sweep_env, trackin
     assert trial_run.data.metrics["val/bpb"] == pytest.approx(sum(bpb) / 2)
     assert res.trials["val/bpb"].iloc[0] == pytest.approx(sum(bpb) / 2)
     assert trial_run.data.metrics["val/bpb_std"] > 0
+    import matplotlib
+
+    # the study's figures (Optuna's optimization history among them) left the session's style alone
+    assert matplotlib.rcParams["axes.facecolor"] == matplotlib.rcParamsDefault["axes.facecolor"]
     assert res.trials["train_steps"].iloc[0] == 40

@@ -214,10 +214,12 @@ class SweepResults:
             kwargs.setdefault("target_name", self.spec.objectives[0].metric)
         elif kind not in ("intermediate_values", "timeline"):
             kwargs.setdefault("target_name", self.spec.objectives[0].metric)
-        with warnings.catch_warnings():
+        # Optuna's matplotlib plots call plt.style.use("ggplot"), which would restyle every later figure of the
+        # user's session: rc_context restores the user's rcParams once the figure is drawn.
+        with warnings.catch_warnings(), plt.rc_context():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
             ax = fn(self.study, **kwargs)
-        plt.tight_layout()
+            plt.tight_layout()
         return ax
 
     def figure(self, kind: str = "pareto_front", **kwargs):
