@@ -12,9 +12,10 @@ rerun <= 10% of the first run.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
+
+import harness
 
 import workbench
 from workbench.data.mixture import build_mixture
@@ -23,7 +24,10 @@ from workbench.data.mixture import build_mixture
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--allocator", choices=harness.ALLOCATORS, default="fixed")
     args = ap.parse_args()
+    allocator = harness.set_allocator(args.allocator)
+    load = harness.LoadMeter()
     with tempfile.TemporaryDirectory() as tmp:
 
         def build(min_words: int):
@@ -47,6 +51,7 @@ def main() -> None:
     ratio = rerun_s / first_s
     record = {
         "benchmark": "filter_rerun",
+        "allocator": allocator,
         "docs_in": first["docs_in"],
         "filters": len(first["filters"]),
         "first_run_s": round(first_s, 2),
@@ -62,7 +67,8 @@ def main() -> None:
         "target": "rerun_over_first <= 0.10",
         "meets_target": ratio <= 0.10,
     }
-    print(json.dumps(record))
+    record["load"] = load.record()
+    harness.emit(record)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ record with the target checks (<= 60 s, <= 1 GiB).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import time
 
+import harness
 import numpy as np
 
 from workbench.data.filters.minhash import lsh_clusters
@@ -82,7 +82,10 @@ def main() -> None:
     parser.add_argument(
         "--dup-fraction", type=float, default=0.1, help="share of documents in planted clusters"
     )
+    parser.add_argument("--allocator", choices=harness.ALLOCATORS, default="fixed")
     args = parser.parse_args()
+    allocator = harness.set_allocator(args.allocator)
+    load = harness.LoadMeter()
 
     sig, expected = planted_signatures(args.docs, NUM_PERM, args.bands, args.dup_fraction)
     planted = int((np.bincount(expected, minlength=args.docs) > 1).sum())
@@ -104,6 +107,7 @@ def main() -> None:
     found = int((sizes > 1).sum())
     record = {
         "benchmark": "lsh_cluster",
+        "allocator": allocator,
         "docs": args.docs,
         "num_perm": NUM_PERM,
         "bands": args.bands,
@@ -125,7 +129,8 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
     }
     record["targets_met"] = all(record["targets"].values())
-    print(json.dumps(record))
+    record["load"] = load.record()
+    harness.emit(record)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,19 @@
 """Training-step cost of the MoE lever: quickstart_moe vs quickstart_dense, side by side in one process.
 
 Forward + backward + AdamW step of each network on the same random token batch, fp32, fixed thread count,
-median of --repeats after --warmup. Prints one JSON record; `moe_over_dense` is the step-time ratio at
-(nearly) equal analytic FLOPs, i.e. what routing and dispatch cost on this machine.
+interleaved within each repeat under one allocator setting (benchmarks/README.md), median and IQR of --repeats
+after --warmup. Prints one JSON record; `moe_over_dense` is the step-time ratio at (nearly) equal analytic
+FLOPs, i.e. what routing and dispatch cost on this machine (target <= 1.10).
 
-    python benchmarks/train_step.py [--threads 2] [--repeats 20]
+    python benchmarks/train_step.py [--threads 2] [--repeats 20] [--allocator fixed]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
+from collections.abc import Callable
 
+import harness
 import torch
 import torch.nn.functional as F
 
@@ -23,61 +22,67 @@ from workbench.cost.flops import flops_per_token
 from workbench.models import build_model
 from workbench.runner import resolve
 
+PRESETS = ("quickstart_dense", "quickstart_moe")
 
-def step_times(cfg, batch_BT: torch.Tensor, warmup: int, repeats: int) -> list[float]:
+
+def train_step(cfg, batch_BT: torch.Tensor) -> Callable[[], None]:
     model = build_model(cfg.model, cfg.moe, cfg.precision)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x_BT, y_BT = batch_BT[:, :-1], batch_BT[:, 1:]
-    times = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
+
+    def step() -> None:
         logits_BTV, aux = model(x_BT)
         loss = F.cross_entropy(logits_BTV.flatten(0, 1).float(), y_BT.flatten()) + aux.weighted(cfg.moe)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+
+    return step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=harness.MIN_REPEATS)
+    parser.add_argument("--allocator", choices=harness.ALLOCATORS, default="fixed")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 3 repeats")
     args = parser.parse_args()
+    allocator = harness.set_allocator(args.allocator)
+    if args.quick:
+        args.warmup, args.repeats = 1, 3
+    harness.check_repeats(args.repeats, args.quick)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    record: dict = {
-        "benchmark": "train_step",
-        "threads": args.threads,
-        "repeats": args.repeats,
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-    }
-    medians = {}
-    for name in ("quickstart_dense", "quickstart_moe"):
+    load = harness.LoadMeter()
+    record = harness.header(
+        "train_step", allocator, warmup=args.warmup, repeats=args.repeats, quick=args.quick
+    )
+    steps, tokens, fpt = {}, {}, {}
+    for name in PRESETS:
         cfg = resolve(workbench.compose(name), vocab_size=257)  # the byte tokenizer's vocabulary
         batch_BT = torch.randint(0, 257, (cfg.data.batch_size, cfg.data.seq_len + 1))
-        times = step_times(cfg, batch_BT, args.warmup, args.repeats)
-        tokens = cfg.data.batch_size * cfg.data.seq_len
-        fpt = flops_per_token(cfg.model, cfg.moe, cfg.data.seq_len)["total"]
-        medians[name] = statistics.median(times)
-        q = statistics.quantiles(times, n=4)
-        record[name] = {
-            "median_s": medians[name],
-            "iqr_s": q[2] - q[0],
-            "tokens_per_s": tokens / medians[name],
-            "flops_per_token": fpt,
-            "achieved_flops": fpt * tokens / medians[name],
-        }
-    record["moe_over_dense"] = medians["quickstart_moe"] / medians["quickstart_dense"]
-    record["flops_ratio"] = (
-        record["quickstart_moe"]["flops_per_token"] / record["quickstart_dense"]["flops_per_token"]
+        steps[name] = train_step(cfg, batch_BT)
+        tokens[name] = cfg.data.batch_size * cfg.data.seq_len
+        fpt[name] = flops_per_token(cfg.model, cfg.moe, cfg.data.seq_len)["total"]
+    summary = harness.summarize(
+        harness.time_interleaved(steps, args.warmup, args.repeats), scale=1.0, unit="s"
     )
-    print(json.dumps(record))
+    for name in PRESETS:
+        median = summary[name]["median_s"]
+        record[name] = {
+            **summary[name],
+            "tokens_per_s": tokens[name] / median,
+            "flops_per_token": fpt[name],
+            "achieved_flops": fpt[name] * tokens[name] / median,
+        }
+    dense, moe = (summary[name]["median_s"] for name in PRESETS)
+    record["moe_over_dense"] = moe / dense
+    record["flops_ratio"] = fpt["quickstart_moe"] / fpt["quickstart_dense"]
+    record["targets"] = {"moe_over_dense<=1.10": record["moe_over_dense"] <= 1.10}
+    record["load"] = load.record()
+    harness.emit(record)
 
 
 if __name__ == "__main__":

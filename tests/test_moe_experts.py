@@ -173,3 +173,39 @@ def test_auto_takes_grouped_mm_while_the_hidden_activations_fit_the_budget_then_
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="not one of"):
         SwiGLUExperts(E, D, F, backend="triton")
+
+
+def test_loop_under_autocast_gives_fp32_weight_gradients_that_match_the_reference():
+    # bf16-mixed: the loop runs its GEMMs in bf16 and hands the fp32 weights fp32 gradients, as autocast would.
+    experts = make_experts("loop")
+    kept_E = torch.tensor(KEPT["uneven_with_empty"])
+    x_AD, g_AD = data(int(kept_E.sum()), D, torch.float32)
+    x_AD.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_AD = experts(x_AD, kept_E)
+    assert y_AD.dtype == torch.bfloat16
+    (y_AD.float() * g_AD).sum().backward()
+    want = run_reference(experts, x_AD.detach(), kept_E, g_AD)
+    got = [x_AD.grad, experts.w1_EDF.grad, experts.w3_EDF.grad, experts.w2_EFD.grad]
+    for name, a, b in zip(NAMES[1:], got, want[1:], strict=True):
+        assert a.dtype == torch.float32, name
+        torch.testing.assert_close(a, b, atol=0.15, rtol=0.05, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("frozen", ["input", "weights"])
+def test_loop_computes_only_the_gradients_asked_for(frozen):
+    experts = make_experts("loop")
+    kept_E = torch.tensor(KEPT["random"])
+    x_AD, g_AD = data(int(kept_E.sum()), D, torch.float32)
+    want = run_reference(experts, x_AD.clone(), kept_E, g_AD)
+    if frozen == "weights":
+        experts.requires_grad_(False)
+        x_AD.requires_grad_()
+    (experts(x_AD, kept_E) * g_AD).sum().backward()
+    if frozen == "weights":
+        assert experts.w1_EDF.grad is None and experts.w2_EFD.grad is None
+        torch.testing.assert_close(x_AD.grad, want[1], atol=1e-5, rtol=1e-5)
+    else:
+        assert x_AD.grad is None
+        torch.testing.assert_close(experts.w2_EFD.grad, want[4], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(experts.w1_EDF.grad, want[2], atol=1e-5, rtol=1e-5)
