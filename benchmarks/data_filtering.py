@@ -12,8 +12,8 @@ needed to reach the baseline's final val bpb. Prints one JSON record.
 from __future__ import annotations
 
 import argparse
-import json
 
+import harness
 import mlflow
 
 import workbench
@@ -27,7 +27,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=1228800, help="training tokens of each run")
     ap.add_argument("overrides", nargs="*", help="extra overrides for both runs (e.g. +debug=default)")
+    ap.add_argument("--allocator", choices=harness.ALLOCATORS, default="fixed")
     args = ap.parse_args()
+    allocator = harness.set_allocator(args.allocator)
+    load = harness.LoadMeter()
     common = [f"budget.tokens={args.tokens}", f"data.mixture.tokens={args.tokens}", *args.overrides]
     results = {}
     for name in ("data_unfiltered", "data_filtered"):
@@ -40,6 +43,7 @@ def main() -> None:
     reached = next(((s, v) for s, v in curve(client, filt.run_id) if v <= target), None)
     record = {
         "benchmark": "data_filtering",
+        "allocator": allocator,
         "baseline": {
             "val_bpb": target,
             "tokens": base.metrics["cost/tokens"],
@@ -64,7 +68,8 @@ def main() -> None:
     else:
         record["token_saving"] = None  # the filtered run never reached the baseline's quality
     record["meets_claim"] = record["token_saving"] is not None and record["token_saving"] > 0
-    print(json.dumps(record))
+    record["load"] = load.record()
+    harness.emit(record)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ for every seed); `min_seed_steps_ratio` is the worst seed's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
 
+import harness
 import yaml
 
 
@@ -74,7 +74,10 @@ def main() -> None:
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds, one study pair each"
     )
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--allocator", choices=harness.ALLOCATORS, default="fixed")
     args = ap.parse_args()
+    allocator = harness.set_allocator(args.allocator)
+    load = harness.LoadMeter()
 
     pruner = {"type": args.pruner, "n_startup_trials": 3, "n_warmup_steps": args.val_every}
     if args.pruner == "percentile":
@@ -103,6 +106,7 @@ def main() -> None:
     same = all(r["same_best"] for r in per_seed)
     record = {
         "benchmark": "sweep_pruning",
+        "allocator": allocator,
         "trials": args.trials,
         "steps_per_trial": args.steps,
         "pruner": pruner,
@@ -116,7 +120,8 @@ def main() -> None:
         "meets_target": ratio >= 2.0 and same,
         "host": platform.node(),
     }
-    print(json.dumps(record))
+    record["load"] = load.record()
+    harness.emit(record)
 
 
 if __name__ == "__main__":
