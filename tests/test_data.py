@@ -316,3 +316,73 @@ def test_a_missing_path_is_named(tmp_path, monkeypatch, missing):
     with pytest.raises(ValueError, match=rf"^data\.paths: .*{re.escape(repr(missing))}") as err:
         LMDataModule(DataConfig(source="files", paths=[missing], cache_dir="cache")).setup()
     assert "\n" not in str(err.value)
+
+
+def test_a_folder_of_jsonl_gz_zst_json_and_malformed_lines_keeps_every_good_row(tmp_path, monkeypatch):
+    import gzip
+
+    import zstandard
+
+    monkeypatch.setenv("WORKBENCH_ROOT", str(tmp_path))  # relative paths resolve from the project root
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    good = [json.dumps({"text": f"plain document {i} " * 10}) for i in range(3)]
+    lines = [
+        good[0],
+        '{"text": "bad \\udcff\\udcfe bytes"}',  # valid JSON whose text holds lone surrogates
+        "{not json",
+        "",  # a blank line is no document
+        json.dumps({"body": "no text field"}),
+        json.dumps({"text": 42}),
+        json.dumps(["an", "array"]),
+        json.dumps({"text": "   "}),
+        good[1],
+    ]
+    (folder / "a.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress(("\n".join(good) + "\n").encode()))
+    (folder / "sub" / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(good[2].encode()))
+    (folder / "sub" / "d.json").write_text(json.dumps([{"text": "an array file " * 10}, 7]))
+    (folder / "sub" / "e.txt").write_text("a text file " * 10)
+    (folder / "ignored.csv").write_text("not a supported suffix")
+    cfg = DataConfig(source="files", paths=["corpus"], cache_dir="cache", val_fraction=0.2)
+    corpus = build_corpus(cfg, require_splits=False)
+    ids = sorted(corpus.dataset["id"][:])
+    assert ids == sorted(
+        [
+            "corpus/a.jsonl:0",
+            "corpus/a.jsonl:5",  # rows count JSON objects: 0 good, 1 surrogate, 2 body, 3 int, 4 blank, 5 good
+            *(f"corpus/b.jsonl.gz:{i}" for i in range(3)),
+            "corpus/sub/c.jsonl.zst:0",
+            "corpus/sub/d.json:0",
+            "corpus/sub/e.txt",
+        ]
+    )
+    assert corpus.stats["docs_skipped_reasons"] == {
+        "corpus/a.jsonl:bad_json": 1,
+        "corpus/a.jsonl:empty_text": 1,
+        "corpus/a.jsonl:lone_surrogate": 1,
+        "corpus/a.jsonl:missing_text": 1,
+        "corpus/a.jsonl:not_object": 1,
+        "corpus/a.jsonl:not_text": 1,
+        "corpus/sub/d.json:not_object": 1,
+    }
+    examples = corpus.stats["docs_skipped_examples"]
+    assert examples["corpus/a.jsonl:lone_surrogate"] == ["corpus/a.jsonl:2"]  # file:line
+    assert examples["corpus/a.jsonl:bad_json"] == ["corpus/a.jsonl:3"]
+    assert examples["corpus/sub/d.json:not_object"] == ["corpus/sub/d.json:item 1"]
+
+
+def test_a_folder_without_documents_and_a_text_field_no_row_has_are_refused_in_one_line(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("WORKBENCH_ROOT", str(tmp_path))  # relative paths resolve from the project root
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.csv").write_text("a,b")
+    with pytest.raises(ValueError, match=r"data\.paths: the folder 'empty' .* holds no \.jsonl"):
+        build_corpus(DataConfig(source="files", paths=["empty"], cache_dir="cache"))
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"content": "x"}) + "\n")
+    with pytest.raises(
+        ValueError,
+        match=r"text_field='text': no such column in rows\.jsonl .*rows\.jsonl:1 has keys: content",
+    ):
+        build_corpus(DataConfig(source="files", paths=["rows.jsonl"], cache_dir="cache"))

@@ -62,6 +62,8 @@ def bad_files(tmp_path) -> list[str]:
     with open(tmp_path / "docs.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
+        f.write('{"text": "truncated\n')  # line 6: not JSON
+        f.write('{"text": "lone \\udcff surrogate"}\n')  # line 7: valid JSON, not encodable as UTF-8
     return [str(tmp_path / "bad.txt"), str(tmp_path / "docs.jsonl")]
 
 
@@ -86,13 +88,21 @@ def test_bad_input_becomes_named_drops_with_exact_accounting(data_cache, bad_fil
     )
     report = build_mixture(cfg, progress=False).report
     local = report["sources"]["local"]
-    assert local["docs_in"] == 6
+    assert local["docs_in"] == 8
     assert local["removed"] == {
+        "input:bad_json": 1,
         "input:binary": 1,
         "input:empty_text": 2,
+        "input:lone_surrogate": 1,
         "input:too_large": 1,
         "input:undecodable": 1,
     }
+    name = Path(bad_files[1]).as_posix()
+    samples = {
+        r: [x["id"] for x in report["rules"][r]["samples"]]
+        for r in ("input:bad_json", "input:lone_surrogate")
+    }
+    assert samples == {"input:bad_json": [f"{name}:6"], "input:lone_surrogate": [f"{name}:7"]}  # file:line
     assert local["docs_kept"] == 1
     for s in report["sources"].values():
         assert s["docs_in"] == s["docs_kept"] + sum(s["removed"].values())

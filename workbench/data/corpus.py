@@ -40,7 +40,12 @@ log = logging.getLogger(__name__)
 CORPUS_FORMAT = 1  # bump when the builder changes what a given spec produces; old caches are then ignored
 COLUMNS = ("id", "source", "path", "text", "split")
 EMBEDDED_KINDS = ("code", "prose")
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".parquet", ".txt")
+# Reasons a row of a JSON lines file is not a document (counted per line, with file:line examples):
+#   bad_json        the line is not JSON          not_object      JSON, but not an object
+#   missing_text    no `data.text_field` key      not_text        the field is not a string
+#   lone_surrogate  the text holds an unpaired UTF-16 surrogate escape (not encodable as UTF-8)
+#   undecodable     the line's bytes are not UTF-8    empty_text   only whitespace
 TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 # Generated data, not code; its text is exactly the pydoc topics, which would leak prose validation into training.
 GENERATED_STDLIB_FILES = frozenset({"pydoc_data/topics.py"})
@@ -256,6 +261,12 @@ def resolve_files(patterns: list[str]) -> list[Path]:
                 raise ConfigError(f"data.paths: no file matches {pattern!r} (looked in {full.parent})")
         elif full.is_file():
             matches = [full]
+        elif full.is_dir():  # every supported file below it, in path order
+            matches = sorted(m for m in full.rglob("*") if m.is_file() and m.name.endswith(FILE_SUFFIXES))
+            if not matches:
+                raise ConfigError(
+                    f"data.paths: the folder {pattern!r} ({full}) holds no {', '.join(FILE_SUFFIXES)} file"
+                )
         else:
             raise ConfigError(f"data.paths: no such file {pattern!r} ({full})")
         for m in matches:
@@ -269,8 +280,92 @@ def resolve_files(patterns: list[str]) -> list[Path]:
     return found
 
 
+def _open_text_lines(path: Path) -> Iterator[bytes]:
+    """The raw lines of a file, decompressed by its suffix (.gz: gzip, .zst: Zstandard)."""
+    if path.name.endswith(".gz"):
+        import gzip
+
+        with gzip.open(path, "rb") as f:
+            yield from f
+    elif path.name.endswith(".zst"):
+        import zstandard  # a dependency; the stdlib has no Zstandard reader before Python 3.14
+
+        with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as f:
+            yield from io.BufferedReader(f)
+    else:
+        with path.open("rb") as f:
+            yield from f
+
+
+def _json_objects(path: Path, name: str, skips: Skips) -> Iterator[tuple[str, Any]]:
+    """(where, parsed value) per line of a JSON lines file, streamed; a .json file holding one array is parsed
+    whole (where = `file:item i`). Lines that are not JSON are counted in `skips` and left out."""
+    if path.name.endswith(".json"):
+        with path.open("rb") as f:
+            is_array = f.read(4096).lstrip()[:1] == b"["
+        if is_array:
+            try:
+                items = json.loads(path.read_bytes())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ConfigError(f"data.paths: cannot read {name} as a JSON array: {e}") from e
+            yield from ((f"{name}:item {i}", item) for i, item in enumerate(items))
+            return
+    for number, line in enumerate(_open_text_lines(path), start=1):
+        where = f"{name}:{number}"
+        if not line.strip():
+            continue  # a blank line is no document
+        try:
+            yield where, json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            skips.add(f"{name}:undecodable", where)
+        except ValueError:
+            skips.add(f"{name}:bad_json", where)
+
+
+def json_documents(path: Path, name: str, text_field: str, skips: Skips) -> list[Doc]:
+    """One document per object of a JSON lines file (.jsonl, .jsonl.gz, .jsonl.zst, or .json as lines or one array).
+
+    A line that cannot be a document is counted under its reason (FILE_SUFFIXES' comment) with `file:line`, and
+    the rest of the file is kept. A file in which no line has `text_field` is a misnamed field, refused in one
+    line. Ids are `file:row`, row counting the JSON objects in order (blank lines and lines that are not JSON do
+    not count), so a clean file's ids are those of the datasets JSON reader used before.
+    """
+    docs: list[Doc] = []
+    row, missing_first, has_field = 0, None, False
+    for where, obj in _json_objects(path, name, skips):
+        if not isinstance(obj, dict):
+            skips.add(f"{name}:not_object", where)
+            continue
+        index, row = row, row + 1
+        if text_field not in obj:
+            missing_first = missing_first or (where, sorted(obj))
+            skips.add(f"{name}:missing_text", where)
+            continue
+        has_field = True
+        text = obj[text_field]
+        if not isinstance(text, str):
+            skips.add(f"{name}:not_text", where)
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            skips.add(f"{name}:lone_surrogate", where)
+            continue
+        if not text.strip():
+            skips.add(f"{name}:empty_text", where)
+            continue
+        docs.append(Doc(f"{name}:{index}", name, name, text))
+    if missing_first and not has_field:
+        where, keys = missing_first
+        raise ConfigError(
+            f"data.text_field={text_field!r}: no such column in {name} (no row has it; {where} has keys: "
+            f"{', '.join(map(str, keys)) or 'none'})"
+        )
+    return docs
+
+
 def file_documents(files: list[Path], text_field: str, cache_root: Path, skips: Skips) -> list[Doc]:
-    """One document per .txt file, one per row of .jsonl/.json/.parquet (column ``text_field``)."""
+    """One document per .txt file, one per row of JSON lines (see json_documents) and .parquet (``text_field``)."""
     docs: list[Doc] = []
     for path in files:
         name = _display(path)
@@ -285,16 +380,18 @@ def file_documents(files: list[Path], text_field: str, cache_root: Path, skips: 
             else:
                 skips.add(f"{name}:empty_text", name)
             continue
-        builder = "parquet" if path.suffix == ".parquet" else "json"
+        if not path.name.endswith(".parquet"):
+            docs.extend(json_documents(path, name, text_field, skips))
+            continue
         try:
             with quiet_datasets():
                 table = datasets.load_dataset(
-                    builder, data_files=str(path), split="train", cache_dir=str(cache_root / "hf")
+                    "parquet", data_files=str(path), split="train", cache_dir=str(cache_root / "hf")
                 )
         except Exception as e:  # datasets wraps parse errors in several exception types
             first_line = (str(e).strip().splitlines() or [""])[0]
             raise ConfigError(
-                f"data.paths: cannot read {name} as {builder}: {type(e).__name__}: {first_line}"
+                f"data.paths: cannot read {name} as parquet: {type(e).__name__}: {first_line}"
             ) from e
         if text_field not in table.column_names:
             raise ConfigError(
@@ -385,7 +482,8 @@ def corpus_spec(cfg: DataConfig) -> dict[str, Any]:
         for path in resolve_files(list(cfg.paths)):
             st = path.stat()
             files.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-        spec |= {"files": files, "text_field": cfg.text_field}
+        # reader 2: JSON lines read line by line with per-line reasons (json_documents), folders expanded
+        spec |= {"files": files, "text_field": cfg.text_field, "reader": 2}
     else:
         spec |= {
             "hub_id": cfg.hub_id,

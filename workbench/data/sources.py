@@ -154,6 +154,7 @@ def read_source(
 ) -> SourceDocs:
     """Read one source (cached where its reader caches) and drop what cannot be a training document."""
     drops: Counter = Counter()
+    examples: defaultdict[str, list[str]] = defaultdict(list)
     docs: list[Doc]
     if src.kind in READ:
         try:
@@ -167,6 +168,8 @@ def read_source(
         splits = list(ds["split"])
         for reason, count in corpus.stats.get("docs_skipped_reasons", {}).items():
             drops[f"input:{reason.split(':')[-1]}"] += count
+        for reason, wheres in corpus.stats.get("docs_skipped_examples", {}).items():
+            examples[f"input:{reason.split(':')[-1]}"].extend(wheres)  # file:line of the first few
         if corpus.stats.get("docs_capped"):
             drops["input:max_docs"] += corpus.stats["docs_capped"]
     else:
@@ -176,7 +179,10 @@ def read_source(
             if src.kind == SourceKind.inject
             else [assign_split(doc.id, d.val_fraction, d.split_salt) for doc in docs]
         )
-    return _admit(name, d, docs, splits, drops)
+    out = _admit(name, d, docs, splits, drops)
+    for reason, wheres in examples.items():
+        out.input_examples[reason] = (wheres + out.input_examples[reason])[: d.mixture.samples_per_rule]
+    return out
 
 
 def _generated(
