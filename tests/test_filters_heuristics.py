@@ -243,7 +243,7 @@ def test_c4_one_rule_each():
     braces = PROSE + "Curly braces {like these} belong to code.\n"
     assert reason(f, braces) == ""  # drop_curly_brace is false by default
     assert_only(make("c4", drop_curly_brace=True), braces, "curly_brace")
-    assert_only(f, "\n".join(PROSE_LINES[:4]), "too_few_sentences")
+    assert_only(f, "\n".join(PROSE_LINES[:2]), "too_few_sentences")
     assert reason(make("c4", drop_lorem_ipsum=False), PROSE + "lorem ipsum.\n") == ""
 
 
@@ -311,15 +311,31 @@ def test_fineweb_one_rule_each():
     assert float(f.signals(["\n".join(lists) + "\n"])["newline_word_ratio"][0]) == pytest.approx(1 / 3)
 
 
-def test_fineweb_duplicate_threshold_follows_the_report():
-    # 0.1 (the FineWeb report's text), not datatrove's 0.01: a 4% repeat is kept.
+def test_fineweb_duplicate_threshold_is_the_one_fineweb_ran():
+    # 0.01 (datatrove's FineWebQualityFilter, which built FineWeb), not the report text's 0.1: a 4% repeat drops.
     doc = PROSE + "Some closing words here.\nSome closing words here.\n"
     f = make("fineweb")
     assert float(f.signals([doc])["dup_line_char_fraction"][0]) == pytest.approx(
         24 / 592
     )  # 544 + 2 * 24 line characters
-    assert reason(f, doc) == ""
-    assert reason(make("fineweb", max_dup_line_char_fraction=0.01), doc) == "char_dup_ratio"
+    assert reason(f, doc) == "char_dup_ratio"
+    assert reason(make("fineweb", max_dup_line_char_fraction=0.1), doc) == ""
+
+
+def test_c4_defaults_are_the_t5_papers_five_words_per_line_and_three_sentences():
+    # Raffel et al. 2020 sec. 2.2 and TFDS c4_utils: lines of >= 5 words are kept; pages need >= 3 sentences.
+    five = [
+        "One two three four five.",
+        "Six seven eight nine ten.",
+        "Eleven twelve thirteen fourteen fifteen.",
+    ]
+    four = ["One two three four.", "Five six seven eight.", "Nine ten eleven twelve."]
+    f = make("c4")
+    assert int(f.signals(["\n".join(five)])["kept_sentences"][0]) == 3
+    assert reason(f, "\n".join(five)) == ""  # 3 sentences of 5 words: kept
+    assert int(f.signals(["\n".join(four)])["kept_lines"][0]) == 0  # 4-word lines do not count
+    assert reason(f, "\n".join(four)) == "too_few_sentences"
+    assert reason(f, "\n".join(five[:2])) == "too_few_sentences"
 
 
 # -------------------------------------------------------------------------------------------------------- code
