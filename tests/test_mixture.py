@@ -104,8 +104,12 @@ def test_bad_input_becomes_named_drops_with_exact_accounting(data_cache, bad_fil
     }
     assert samples == {"input:bad_json": [f"{name}:6"], "input:lone_surrogate": [f"{name}:7"]}  # file:line
     assert local["docs_kept"] == 1
+    prose = report["sources"]["prose"]
+    assert prose["docs_kept"] + sum(prose["removed"].values()) == 100  # max_docs=100 of the prose
+    assert prose["sampled_out"] == prose["docs_in"] - 100 > 0 and "input:max_docs" not in prose["removed"]
+    assert report["docs_sampled_out"] == prose["sampled_out"] and local["sampled_out"] == 0
     for s in report["sources"].values():
-        assert s["docs_in"] == s["docs_kept"] + sum(s["removed"].values())
+        assert s["docs_in"] == s["docs_kept"] + sum(s["removed"].values()) + s["sampled_out"]
     assert report["rules"]["input:too_large"]["tokens_removed_first"] == 50 * 1024 * 1024 + 1
 
 
@@ -233,7 +237,7 @@ def test_training_on_a_mixture_records_data_metrics_and_report(data_cache, debug
     )
     result = workbench.run(cfg, print_summary=False)
     m = result.metrics
-    assert m["data/docs_in"] == m["data/docs_kept"] + m["data/docs_removed"]
+    assert m["data/docs_in"] == m["data/docs_kept"] + m["data/docs_removed"] + m["data/docs_sampled_out"]
     assert m["data/source/code/train_tokens"] + m["data/source/prose/train_tokens"] == 60000
     assert m["data/removed/test_length/too_short"] >= 1
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -269,7 +273,7 @@ def test_every_filter_kind_composes_reports_and_trains_from_the_cli(data_cache, 
 
     assert set(report["filters"]) == {k for k in REGISTRY if not k.startswith("test_")}
     for s in report["sources"].values():
-        assert s["docs_in"] == s["docs_kept"] + sum(s["removed"].values())
+        assert s["docs_in"] == s["docs_kept"] + sum(s["removed"].values()) + s["sampled_out"]
     assert report["sources"]["dirt"]["docs_kept"] == 0
     train = subprocess.run(
         [sys.executable, "train.py", *common, "budget.steps=5", f"output_dir={tmp_path / 'out'}"],

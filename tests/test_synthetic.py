@@ -391,7 +391,9 @@ def test_teacher_source_in_a_mixture_accumulates_generations(checkpoint, data_ca
     report = build_mixture(mix, progress=False).report
     teacher = report["sources"]["teacher"]
     assert teacher["docs_in"] == 6  # 3 samples from each of the two generations
-    assert teacher["docs_in"] == teacher["docs_kept"] + sum(teacher["removed"].values())
+    assert (
+        teacher["docs_in"] == teacher["docs_kept"] + sum(teacher["removed"].values()) + teacher["sampled_out"]
+    )
     ds = build_mixture(mix, progress=False).corpus.dataset
     paths = sorted({p for p, s in zip(ds["path"], ds["source"], strict=True) if s == "teacher"})
     assert set(paths) <= {"synthetic:teacher:gen1", "synthetic:teacher:gen2"}

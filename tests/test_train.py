@@ -114,8 +114,12 @@ def test_data_metrics_account_for_every_document(moe_result):
     metrics = _run(moe_result.tracking_uri, moe_result.run_id).data.metrics
     removed = {k: v for k, v in metrics.items() if k.startswith("data/removed/")}
     assert metrics["data/docs_kept"] == 400  # moe_debug: data.max_docs=400
-    assert removed["data/removed/max_docs"] > 0
-    assert metrics["data/docs_in"] == metrics["data/docs_kept"] + sum(removed.values())
+    assert metrics["data/docs_sampled_out"] > 0  # the cap samples out; it removes nothing
+    assert "data/removed/max_docs" not in removed
+    assert (
+        metrics["data/docs_in"]
+        == metrics["data/docs_kept"] + sum(removed.values()) + metrics["data/docs_sampled_out"]
+    )
     stats = moe_result.data_stats
     assert metrics["data/tokens_kept"] == stats["tokens_train"] + stats["tokens_val"]
 

@@ -1,8 +1,9 @@
 """Exact accounting of a mixture: the document table, and the per-source and per-rule report.
 
-Every document a source offered ends in exactly one place: dropped as unusable input (`input:<reason>`), removed
-by the first filter rule that fired (`<filter>:<reason>`), or kept; per source, documents in = kept + the sum
-of removed, and the report checks it. Tokens are byte tokens (UTF-8 bytes + 1 end-of-text).
+Every document a source offered ends in exactly one place: sampled out by the source's `max_docs` cap
+(`sampled_out`, not a removal), dropped as unusable input (`input:<reason>`), removed by the first filter rule
+that fired (`<filter>:<reason>`), or kept; per source, documents in = kept + the sum of removed + sampled_out,
+and the report checks it. Tokens are byte tokens (UTF-8 bytes + 1 end-of-text).
 """
 
 from __future__ import annotations
@@ -96,13 +97,15 @@ def account(table: DocumentTable, decisions: Decisions, samples_per_rule: int) -
                 overlaps.append({"rules": [ra, rb], "docs": int(count)})
     docs_in = sum(v["docs_in"] for v in sources.values())
     docs_kept = sum(v["docs_kept"] for v in sources.values())
+    sampled_out = sum(v["sampled_out"] for v in sources.values())
     return {
         "sources": sources,
         "rules": dict(sorted(rules.items(), key=lambda kv: -kv[1]["docs_removed_first"])),
         "overlaps": overlaps[:50],
         "docs_in": docs_in,
         "docs_kept": docs_kept,
-        "docs_removed": docs_in - docs_kept,
+        "docs_removed": docs_in - docs_kept - sampled_out,
+        "docs_sampled_out": sampled_out,
         "tokens_kept": sum(v["tokens_kept"] for v in sources.values()),
         "filters": labels,
         "token_unit": "byte tokens (UTF-8 bytes + 1 end-of-text)",
@@ -122,7 +125,7 @@ def _source_entry(table: DocumentTable, first: np.ndarray, name: str) -> dict[st
         removed_tokens[reason] += int(s.input_bytes.get(reason, 0)) + count
     kept = rows & (first == "")
     entry = {
-        "docs_in": int(rows.sum()) + sum(s.input_drops.values()),
+        "docs_in": int(rows.sum()) + sum(s.input_drops.values()) + s.sampled_out,
         "docs_kept": int(kept.sum()),
         "docs_kept_train": int((kept & (splits == "train")).sum()),
         "docs_kept_val": int((kept & (splits == "validation")).sum()),
@@ -132,8 +135,9 @@ def _source_entry(table: DocumentTable, first: np.ndarray, name: str) -> dict[st
         "tokens_kept_train": int((nbytes[kept & (splits == "train")] + 1).sum()),
         "removed": dict(sorted(removed.items())),
         "removed_tokens": dict(sorted(removed_tokens.items())),
+        "sampled_out": s.sampled_out,
     }
-    if entry["docs_in"] != entry["docs_kept"] + sum(entry["removed"].values()):  # exact accounting
+    if entry["docs_in"] != entry["docs_kept"] + sum(entry["removed"].values()) + s.sampled_out:  # exact
         raise AssertionError(f"accounting broke for source {name}: {entry}")
     return entry
 

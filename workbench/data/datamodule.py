@@ -328,7 +328,8 @@ class LMDataModule(pl.LightningDataModule):
         return self._stats
 
     def metrics(self) -> dict[str, float]:
-        """`data/*` metrics (README, "Metrics"): documents in = kept + the sum of `data/removed/<reason>`."""
+        """`data/*` metrics (README, "Metrics"): documents in = kept + the sum of `data/removed/<reason>` +
+        `data/docs_sampled_out` (left out by the max_docs cap, not removed)."""
         st = self.stats
         if self._mixture_report is not None:
             from workbench.data.report import report_metrics
@@ -340,10 +341,10 @@ class LMDataModule(pl.LightningDataModule):
         for reason, count in st.get("docs_skipped_reasons", {}).items():
             key = f"data/removed/{reason.split(':')[-1]}"  # "code:empty_text" -> data/removed/empty_text
             removed[key] = removed.get(key, 0.0) + count
-        if st.get("docs_capped"):
-            removed["data/removed/max_docs"] = float(st["docs_capped"])
+        sampled_out = float(st.get("docs_capped", 0))
         return {
-            "data/docs_in": float(st["docs"] + sum(removed.values())),
+            "data/docs_in": float(st["docs"] + sum(removed.values()) + sampled_out),
+            "data/docs_sampled_out": sampled_out,
             "data/docs_kept": float(st["docs"]),
             "data/tokens_kept": float(st["tokens_train"] + st["tokens_val"]),
             **removed,

@@ -39,7 +39,7 @@ from workbench.data.signals import prepare, signal_columns, take
 from workbench.data.sources import SourceDocs, read_sources, training_texts, validate_sources
 from workbench.paths import resolve_path
 
-MIXTURE_FORMAT = 2  # 2: sources and filters addressed by name
+MIXTURE_FORMAT = 3  # 2: sources and filters addressed by name; 3: caps counted as sampled_out, not removed
 
 
 @dataclass

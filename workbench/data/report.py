@@ -18,8 +18,17 @@ def render(
 ) -> None:
     """Print the per-source accounting, the per-rule table, overlaps, samples and filter notes."""
     console = console or (Console() if sys.stdout.isatty() else Console(width=160))
-    src = Table(title="data mixture: sources (documents in = kept + removed)")
-    for col in ("source", "docs in", "kept train", "kept val", "removed", "tokens in", "tokens kept"):
+    src = Table(title="data mixture: sources (documents in = kept + removed + sampled out)")
+    for col in (
+        "source",
+        "docs in",
+        "kept train",
+        "kept val",
+        "removed",
+        "sampled out",
+        "tokens in",
+        "tokens kept",
+    ):
         src.add_column(col, justify="right" if col != "source" else "left")
     if mixing:
         src.add_column("mixture share", justify="right")
@@ -32,6 +41,7 @@ def render(
             f"{s['docs_kept_train']:,}",
             f"{s['docs_kept_val']:,}",
             f"{removed:,} ({_pct(removed, s['docs_in'])})",
+            f"{s.get('sampled_out', 0):,}",
             f"{s['tokens_in']:,}",
             f"{s['tokens_kept']:,}",
         ]
@@ -69,7 +79,8 @@ def render(
             text = " ".join(sample["text"].split())[:140]
             console.print(f"[dim]{rule}[/dim] {sample['id']}: {text}", highlight=False, soft_wrap=True)
     console.print(
-        f"{report['docs_in']:,} documents in, {report['docs_kept']:,} kept, {report['docs_removed']:,} removed; "
+        f"{report['docs_in']:,} documents in, {report['docs_kept']:,} kept, {report['docs_removed']:,} removed, "
+        f"{report.get('docs_sampled_out', 0):,} sampled out by max_docs; "
         f"signals: {report.get('signal_tasks_cached', 0)} cached, {report.get('signal_tasks_computed', 0)} computed; "
         f"{report.get('seconds', 0):.1f} s" + (" (from cache)" if report.get("from_cache") else ""),
         highlight=False,
@@ -82,6 +93,7 @@ def report_metrics(report: dict[str, Any], mixing: dict[str, Any] | None = None)
         "data/docs_in": float(report["docs_in"]),
         "data/docs_kept": float(report["docs_kept"]),
         "data/docs_removed": float(report["docs_removed"]),
+        "data/docs_sampled_out": float(report.get("docs_sampled_out", 0)),
     }
     for rule, r in report["rules"].items():
         key = rule.replace(":", "/")

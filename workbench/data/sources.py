@@ -43,6 +43,7 @@ class SourceDocs:
     input_drops: Counter = field(default_factory=Counter)  # "input:<reason>" -> documents
     input_examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     input_bytes: Counter = field(default_factory=Counter)
+    sampled_out: int = 0  # left out by the source's max_docs cap: not a removal (nothing was wrong with them)
 
     def content_key(self) -> str:
         """BLAKE2b over every (id, split, text): the cache key of this source's signals."""
@@ -155,6 +156,7 @@ def read_source(
     """Read one source (cached where its reader caches) and drop what cannot be a training document."""
     drops: Counter = Counter()
     examples: defaultdict[str, list[str]] = defaultdict(list)
+    sampled_out = 0
     docs: list[Doc]
     if src.kind in READ:
         try:
@@ -170,8 +172,7 @@ def read_source(
             drops[f"input:{reason.split(':')[-1]}"] += count
         for reason, wheres in corpus.stats.get("docs_skipped_examples", {}).items():
             examples[f"input:{reason.split(':')[-1]}"].extend(wheres)  # file:line of the first few
-        if corpus.stats.get("docs_capped"):
-            drops["input:max_docs"] += corpus.stats["docs_capped"]
+        sampled_out = int(corpus.stats.get("docs_capped", 0))
     else:
         docs = _generated(name, src, d, cache_root, loaded)
         splits = (
@@ -180,6 +181,7 @@ def read_source(
             else [assign_split(doc.id, d.val_fraction, d.split_salt) for doc in docs]
         )
     out = _admit(name, d, docs, splits, drops)
+    out.sampled_out = sampled_out
     for reason, wheres in examples.items():
         out.input_examples[reason] = (wheres + out.input_examples[reason])[: d.mixture.samples_per_rule]
     return out
