@@ -515,3 +515,51 @@ def test_dedup_quality_on_planted_near_duplicates():
     parts = {k: filt.signals(texts[bounds[k][0] : bounds[k][1]]) for k in rng.permutation(len(bounds))}
     chunked = concat_columns([parts[k] for k in range(len(bounds))])
     np.testing.assert_array_equal(filt.decide(chunked, ctx), reasons)
+
+
+def test_banding_from_the_threshold_minimises_the_weighted_error_areas():
+    from workbench.data.filters.minhash import banding_errors, optimal_banding
+
+    # datasketch's optimum for t = 0.8 at 128 permutations (equal weights) is 9 bands x 13 rows
+    assert optimal_banding(0.8, 128) == (9, 13)
+    b, r = optimal_banding(0.8, 112)
+    assert b * r <= 112
+    cost = sum(banding_errors(0.8, b, r)) / 2
+    for nb, nr in [
+        (14, 8),
+        (b + 1, r),
+        (b - 1, r),
+        (b, r + 1),
+        (b, r - 1),
+        (8, 14),
+    ]:  # FineWeb's and neighbours
+        if nb * nr <= 112:
+            assert cost <= sum(banding_errors(0.8, nb, nr)) / 2 + 1e-12, (nb, nr)
+    # A higher threshold takes more rows per band, so the S-curve's steep part moves up with it
+    chosen = [optimal_banding(t, 112) for t in (0.5, 0.7, 0.9)]
+    assert [rows for _, rows in chosen] == sorted(rows for _, rows in chosen)
+    assert chosen[0][1] < chosen[-1][1]
+
+
+def test_null_bands_and_rows_follow_the_threshold_in_decisions():
+    from workbench.data.filters.minhash import jaccard
+
+    rng = np.random.default_rng(5)
+    vocab = [f"w{i}" for i in range(5000)]
+    base = [str(w) for w in rng.choice(vocab, 300)]
+    edited = list(base)
+    for i in rng.choice(300, 25, replace=False):  # 25 of 300 words changed: word-5-gram Jaccard 0.48
+        edited[i] = f"x{i}"
+    texts = [" ".join(base), " ".join(edited)]
+    sets = shingle_sets(texts, 5)
+    s = jaccard(sets[0], sets[1])
+    assert s == pytest.approx(
+        0.48, abs=0.01
+    )  # P(detect) 0.987 at threshold 0.3 (37 x 3), 5e-12 at 0.95 (3 x 37)
+    loose = MinHashDedup(MinHashParams(bands=None, rows=None, threshold=0.3))
+    strict = MinHashDedup(MinHashParams(bands=None, rows=None, threshold=0.95))
+    assert run(loose, texts) == ["", "near_duplicate"]
+    assert run(strict, texts) == ["", ""]
+    assert any("chosen from threshold 0.3" in line for line in loose.describe())
+    with pytest.raises(ConfigError, match=r"rows.*both null to choose them from threshold=0\.8"):
+        MinHashParams(bands=14, rows=None).check("data.mixture.filters.minhash")

@@ -461,7 +461,7 @@ def test_positional_overrides_fail_with_one_line_naming_the_new_form():
         (
             ["+data.mixture.filters.minhash.kep=first"],
             "data.mixture.filters.minhash.kep: unknown key; keys allowed in data.mixture.filters.minhash: type, "
-            "enabled, ngram, num_perm, bands, rows, seed, threshold, verify, keep, quality_column",
+            "enabled, ngram, num_perm, bands, rows, seed, threshold, fp_weight, fn_weight, verify, keep, quality_column",
         ),
         (
             ["+data.mixture.sources.arithmetic.params.digitz=3"],

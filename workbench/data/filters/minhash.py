@@ -11,6 +11,7 @@ The pieces are plain functions too (`minhash_signatures`, `lsh_clusters`, `detec
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -186,6 +187,37 @@ def implied_threshold(bands: int, rows: int) -> float:
     return (1.0 / bands) ** (1.0 / rows)
 
 
+def banding_errors(threshold: float, bands: int, rows: int) -> tuple[float, float]:
+    """(false-positive area, false-negative area) of the S-curve around `threshold`.
+
+    FP = integral over s in [0, t] of P(s), the chance a pair below the threshold becomes a candidate; FN =
+    integral over [t, 1] of 1 - P(s), the chance a pair above it is missed (MMDS 3.4.2's S-curve, integrated
+    as in Leskovec et al.'s choice of b and r). Simpson's rule on 201 points: P is a smooth polynomial in s.
+    """
+    from scipy.integrate import simpson
+
+    lo = np.linspace(0.0, threshold, 201)
+    hi = np.linspace(threshold, 1.0, 201)
+    fp = float(simpson(detection_probability(lo, bands, rows), x=lo))
+    fn = float(simpson(1.0 - detection_probability(hi, bands, rows), x=hi))
+    return fp, fn
+
+
+def optimal_banding(
+    threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5
+) -> tuple[int, int]:
+    """The (bands, rows) with bands * rows <= num_perm minimising fp_weight * FP + fn_weight * FN areas."""
+    best: tuple[float, int, int] | None = None
+    for rows in range(1, num_perm + 1):
+        for bands in range(1, num_perm // rows + 1):
+            fp, fn = banding_errors(threshold, bands, rows)
+            cost = fp_weight * fp + fn_weight * fn
+            if best is None or cost < best[0] - 1e-12:
+                best = (cost, bands, rows)
+    assert best is not None
+    return best[1], best[2]
+
+
 def _band_keys(sig_DK: np.ndarray, band: int, rows: int) -> np.ndarray:
     """One uint64 per document for band `band`: a fixed mixing of its `rows` signature values."""
     # one pass over the band's columns
@@ -318,23 +350,48 @@ class KeepPolicy(StrEnum):
     quality = "quality"  # the highest score in `quality_column`
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_banding(threshold: float, num_perm: int, fp_weight: float, fn_weight: float) -> tuple[int, int]:
+    return optimal_banding(threshold, num_perm, fp_weight, fn_weight)
+
+
 @dataclass
 class MinHashParams:
     ngram: int = bounded(5, ge=1)  # word 5-grams: datatrove MinhashConfig.n_grams / FineWeb
     num_perm: int = bounded(112, ge=1)  # 14 x 8: datatrove MinhashConfig / FineWeb
-    bands: int = bounded(14, ge=1)  # datatrove num_buckets / FineWeb
-    rows: int = bounded(8, ge=1)  # datatrove hashes_per_bucket / FineWeb
+    # datatrove num_buckets x hashes_per_bucket / FineWeb. Both null: chosen from `threshold` and `num_perm`
+    # (optimal_banding: the least weighted false-positive + false-negative area of the S-curve).
+    bands: int | None = bounded(14, ge=1)
+    rows: int | None = bounded(8, ge=1)
     # datatrove's and datasketch's default seed (our hash family differs, so values do not match)
     seed: int = 1
-    # Workbench choice: the Jaccard similarity we call a near-duplicate. It sets no LSH parameter: it is used
-    # by the exact check (verify=True) and printed against the 14x8 curve (P(0.8) = 0.924, implied 0.719).
+    # Workbench choice: the Jaccard similarity we call a near-duplicate. It sets bands x rows when both are null;
+    # with them given (14 x 8 by default), it is used by the exact check (verify=True) and printed against the
+    # curve (P(0.8) = 0.924 at 14 x 8, implied 0.719).
     threshold: float = bounded(0.8, gt=0, le=1)
+    fp_weight: float = bounded(0.5, ge=0)  # weights of the two error areas when bands and rows are chosen
+    fn_weight: float = bounded(0.5, ge=0)
     verify: bool = False  # exact Jaccard of candidate pairs; pairs below `threshold` are not merged
     keep: KeepPolicy = KeepPolicy.first  # which member of a cluster survives
     # e.g. "quality_classifier/score" (higher is better), for keep="quality"
     quality_column: str | None = None
 
+    def banding(self) -> tuple[int, int]:
+        """(bands, rows): as given, or chosen from the threshold when both are null."""
+        if self.bands is None and self.rows is None:
+            return _cached_banding(self.threshold, self.num_perm, self.fp_weight, self.fn_weight)
+        return int(self.bands), int(self.rows)  # check() refuses one null without the other
+
     def check(self, where: str) -> None:
+        if (self.bands is None) != (self.rows is None):
+            missing, given = ("bands", "rows") if self.bands is None else ("rows", "bands")
+            raise must(
+                key_of(where, missing),
+                None,
+                f"a number like {given}, or both null to choose them from threshold={self.threshold:g}",
+            )
+        if self.bands is None:
+            return
         if self.bands * self.rows > self.num_perm:
             raise must(
                 key_of(where, "bands"),
@@ -401,9 +458,10 @@ class MinHashDedup(Filter):
         """Cluster root per document (smallest index in the cluster)."""
         p = self.params
         sig = columns["signature"]
+        bands, rows = p.banding()
         if not p.verify:
-            return lsh_clusters(sig, p.bands, p.rows)
-        u, v = candidate_pairs(sig, p.bands, p.rows)
+            return lsh_clusters(sig, bands, rows)
+        u, v = candidate_pairs(sig, bands, rows)
         parent = np.arange(len(sig), dtype=np.int64)
         if len(u):
             docs = np.unique(np.concatenate([u, v]))
@@ -440,10 +498,17 @@ class MinHashDedup(Filter):
 
     def describe(self) -> list[str]:
         p = self.params
-        b, r = p.bands, p.rows
+        b, r = p.banding()
+        fp, fn = banding_errors(p.threshold, b, r)
+        chosen = (
+            f"chosen from threshold {p.threshold:g} (weights fp {p.fp_weight:g}, fn {p.fn_weight:g})"
+            if p.bands is None
+            else "as configured"
+        )
         lines = [
-            f"minhash: word {p.ngram}-grams, {p.num_perm} permutations, LSH {b} bands x {r} rows, keep={p.keep}"
-            + (f" ({p.quality_column})" if p.keep == "quality" else ""),
+            f"minhash: word {p.ngram}-grams, {p.num_perm} permutations, LSH {b} bands x {r} rows ({chosen}), "
+            f"keep={p.keep}" + (f" ({p.quality_column})" if p.keep == "quality" else ""),
+            f"S-curve error areas around threshold {p.threshold:g}: false positive {fp:.4f}, false negative {fn:.4f}",
             f"detection probability P(s) = 1 - (1 - s^{r})^{b}; implied threshold (1/{b})^(1/{r}) = "
             f"{implied_threshold(b, r):.3f}; chosen threshold {p.threshold:g} "
             f"({'exact Jaccard check of candidates' if p.verify else 'no exact check: the curve alone decides'})",
