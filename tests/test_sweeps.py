@@ -697,3 +697,27 @@ def test_seeds_average_and_nest_under_the_trial_run(tmp_path, sweep_env, trackin
     # the study's figures (Optuna's optimization history among them) left the session's style alone
     assert matplotlib.rcParams["axes.facecolor"] == matplotlib.rcParamsDefault["axes.facecolor"]
     assert res.trials["train_steps"].iloc[0] == 40
+
+
+def test_every_run_of_a_study_lands_in_the_store_its_config_names(tmp_path, sweep_env, tracking_uri):
+    other = f"sqlite:///{tmp_path / 'server.db'}"
+    path = write_spec(
+        tmp_path,
+        "elsewhere",
+        overrides=["budget.steps=10", "trainer.val_every_n_steps=5", f"tracking.tracking_uri={other}"],
+        params={"trainer.lr": {"choices": [3e-3, 1e-2]}},
+        sampler={"type": "grid"},
+        n_trials=2,
+    )
+    res = run_sweep(path, sweep_env, quiet=True)
+    client = mlflow.MlflowClient(tracking_uri=other)
+    parent = client.get_run(res.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/complete_trials"] == 2  # finalize
+    assert {a.path for a in client.list_artifacts(res.parent_run_id)} >= {"sweep_spec.yaml", "trials.csv"}
+    children = _children(other, res.parent_run_id)
+    assert [r.data.tags["optuna.trial_number"] for r in children] == ["0", "1"]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    default = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    assert (
+        default.search_experiments(filter_string="name = 'workbench'") == []
+    )  # nothing in the default store

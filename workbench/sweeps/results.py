@@ -277,6 +277,7 @@ class SweepResults:
         import matplotlib.pyplot as plt
         import yaml
 
+        from workbench.sweeps.trial import tracking_uri
         from workbench.tracking.sweep_runs import close_study_run
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -301,7 +302,7 @@ class SweepResults:
                 except Exception as exc:  # a plot Optuna refuses for this study shape; the rest still land
                     (d / f"{kind}.txt").write_text(f"not drawn: {type(exc).__name__}: {exc}\n")
             summary = {**self.summary(), "sweep/elapsed_s": float(elapsed_s)}
-            close_study_run(self.parent_run_id, summary, d, finished)
+            close_study_run(self.parent_run_id, summary, d, finished, tracking_uri(self.spec))
 
 
 def _isnan(v) -> bool:

@@ -168,6 +168,7 @@ def retire_trial(
         t.user_attrs.get(T.RUN_ID),
         reason,
         killed=kind == INTERRUPTED,
+        tracking_uri=T.tracking_uri(spec),
     )
     return True
 
@@ -215,6 +216,7 @@ def ensure_parent_run(spec: SweepSpec, study: optuna.Study, storage_url: str) ->
         storage_url,
         params,
         study.user_attrs.get(PARENT),
+        base.tracking.tracking_uri,
     )
     study.set_user_attr(PARENT, session.run_id)
     return session.run_id
@@ -310,11 +312,19 @@ def _run_and_tell(spec, study, trial, parent_run_id, out_root) -> optuna.trial.F
         trial.set_user_attr(SPEC_FAILED, True)
         study.set_user_attr(SPEC_ERROR, str(exc))
         study.tell(trial, state=TrialState.FAIL)
-        close_trial_run(parent_run_id, trial.number, trial.user_attrs.get(T.RUN_ID), str(exc), killed=False)
-        run_id = trial.user_attrs.get(T.RUN_ID) or (
-            parent_run_id and find_trial_run(parent_run_id, trial.number)
+        uri = T.tracking_uri(spec)
+        close_trial_run(
+            parent_run_id,
+            trial.number,
+            trial.user_attrs.get(T.RUN_ID),
+            str(exc),
+            killed=False,
+            tracking_uri=uri,
         )
-        tag_trial_run(run_id, TrialState.FAIL.name, dict(trial.params))
+        run_id = trial.user_attrs.get(T.RUN_ID) or (
+            parent_run_id and find_trial_run(parent_run_id, trial.number, uri)
+        )
+        tag_trial_run(run_id, TrialState.FAIL.name, dict(trial.params), uri)
         raise
     if outcome.state == TrialState.COMPLETE:
         frozen = study.tell(trial, outcome.values)
@@ -326,7 +336,7 @@ def _run_and_tell(spec, study, trial, parent_run_id, out_root) -> optuna.trial.F
                 if m in outcome.metrics:
                     trial.set_user_attr(T.METRIC + m, outcome.metrics[m])
         frozen = study.tell(trial, state=outcome.state)
-    tag_trial_run(frozen.user_attrs.get(T.RUN_ID), frozen.state.name, values)
+    tag_trial_run(frozen.user_attrs.get(T.RUN_ID), frozen.state.name, values, T.tracking_uri(spec))
     return frozen
 
 

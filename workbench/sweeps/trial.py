@@ -107,6 +107,15 @@ class Heartbeat:
         self._thread.join()
 
 
+def tracking_uri(spec: SweepSpec) -> str | None:
+    """The MLflow store the study's training config names (`tracking.tracking_uri`), for the study's own runs
+    (parent, per-trial, failure records), so that they land beside the trials' training runs; None: the
+    default store. A sampled parameter cannot change it: it is read from the spec's fixed overrides."""
+    from workbench.preflight import compose
+
+    return compose(spec.experiment, list(spec.overrides)).tracking.tracking_uri
+
+
 def suggest(spec: SweepSpec, trial: optuna.trial.Trial) -> dict[str, Any]:
     """Suggest every parameter that is active given the ones suggested before it (conditional spaces)."""
     values: dict[str, Any] = {}
@@ -178,6 +187,7 @@ def run_trial(
                 spec.seeds,
                 base.name,
                 parent_run_id,
+                base.tracking.tracking_uri,
             )
             trial_run_id = seeds_parent.run_id
         for i in range(spec.seeds):
@@ -255,8 +265,9 @@ def _failed(trial, spec, values, parent_run_id, reason, seeds_parent, steps) -> 
     trial.set_user_attr(STEPS, steps)
     if trial.user_attrs.get(RUN_ID) is None and parent_run_id is not None:
         # The training run (marked FAILED by the runner) if one was created; else a child run with the reason.
-        run_id = find_trial_run(parent_run_id, trial.number) or record_failed_trial(
-            parent_run_id, spec.study_name, trial.number, values, reason
+        uri = tracking_uri(spec)
+        run_id = find_trial_run(parent_run_id, trial.number, uri) or record_failed_trial(
+            parent_run_id, spec.study_name, trial.number, values, reason, uri
         )
         if run_id:
             trial.set_user_attr(RUN_ID, run_id)
