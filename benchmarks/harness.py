@@ -125,6 +125,26 @@ def header(benchmark: str, allocator: dict, **fields) -> dict:
     return record
 
 
+def add_timing_arguments(
+    parser, warmup: int = 3, quick_help: str = "smoke run: 1 warm-up, 3 repeats"
+) -> None:
+    """--warmup, --repeats, --allocator and --quick, the same in every script that times through here."""
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--repeats", type=int, default=MIN_REPEATS)
+    parser.add_argument("--allocator", choices=ALLOCATORS, default="fixed")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+
+
+def begin(args) -> dict:
+    """Apply the parsed timing arguments: the allocator (returns its record), a smoke run's 1 warm-up and 3
+    repeats under --quick, and the refusal of fewer than MIN_REPEATS otherwise."""
+    allocator = set_allocator(args.allocator)
+    if args.quick:
+        args.warmup, args.repeats = 1, 3
+    check_repeats(args.repeats, args.quick)
+    return allocator
+
+
 def check_repeats(repeats: int, quick: bool) -> None:
     if repeats < MIN_REPEATS and not quick:
         raise SystemExit(

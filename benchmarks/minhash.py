@@ -109,15 +109,11 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=400, help="documents each candidate signs per repeat")
     parser.add_argument("--words", type=int, default=400)
     parser.add_argument("--pairs", type=int, default=20, help="edited pairs for the Jaccard-estimate check")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=harness.MIN_REPEATS)
-    parser.add_argument("--allocator", choices=harness.ALLOCATORS, default="fixed")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 40 documents, 3 repeats")
+    harness.add_timing_arguments(parser, warmup=1, quick_help="smoke run: 40 documents, 3 repeats")
     args = parser.parse_args()
-    allocator = harness.set_allocator(args.allocator)
+    allocator = harness.begin(args)
     if args.quick:
-        args.docs, args.warmup, args.repeats = 40, 1, 3
-    harness.check_repeats(args.repeats, args.quick)
+        args.docs = 40
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 

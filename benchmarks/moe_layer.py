@@ -141,17 +141,13 @@ def run_case(name: str, case: dict, num_tokens: int, warmup: int, repeats: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=harness.MIN_REPEATS)
     parser.add_argument("--tokens", type=int, default=4096)
-    parser.add_argument("--allocator", choices=harness.ALLOCATORS, default="fixed")
     parser.add_argument("--cases", nargs="*", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--quick", action="store_true", help="smoke run: 64 tokens, 1 warm-up, 3 repeats")
+    harness.add_timing_arguments(parser, quick_help="smoke run: 64 tokens, 1 warm-up, 3 repeats")
     args = parser.parse_args()
-    allocator = harness.set_allocator(args.allocator)
+    allocator = harness.begin(args)
     if args.quick:
-        args.tokens, args.warmup, args.repeats = 64, 1, 3
-    harness.check_repeats(args.repeats, args.quick)
+        args.tokens = 64
     torch.set_num_threads(args.threads)
     import transformers  # interop imports it lazily; its version goes in the record
 

@@ -26,11 +26,10 @@ from collections.abc import Callable
 
 import harness
 import torch
-import torch.nn.functional as F
+from train_step import train_step
 
 import workbench
 from workbench.cost.flops import flops_per_token
-from workbench.models import build_model
 from workbench.runner import resolve
 
 VOCAB = 257  # the byte tokenizer's vocabulary
@@ -95,19 +94,8 @@ def mixtral(cfg, attention: str, experts: str):
 
 
 def workbench_step(cfg, batch_BT: torch.Tensor) -> tuple[Callable[[], None], int]:
-    torch.manual_seed(0)
-    model = build_model(cfg.model, cfg.moe, cfg.precision).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x_BT, y_BT = batch_BT[:, :-1], batch_BT[:, 1:]
-
-    def step() -> None:
-        logits_BTV, aux = model(x_BT)
-        loss = F.cross_entropy(logits_BTV.flatten(0, 1).float(), y_BT.flatten()) + aux.weighted(cfg.moe)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step, sum(p.numel() for p in model.parameters())
+    torch.manual_seed(0)  # the same initial weights on every call
+    return train_step(cfg, batch_BT)
 
 
 def hf_step(model, batch_BT: torch.Tensor) -> tuple[Callable[[], None], int]:
@@ -190,20 +178,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="*", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=harness.MIN_REPEATS)
-    parser.add_argument("--allocator", choices=harness.ALLOCATORS, default="fixed")
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: seq 32, batch 2, 1 warm-up, 3 repeats"
-    )
+    harness.add_timing_arguments(parser, quick_help="smoke run: seq 32, batch 2, 1 warm-up, 3 repeats")
     args = parser.parse_args()
-    allocator = harness.set_allocator(args.allocator)
+    allocator = harness.begin(args)
     sizes = {name: dict(SIZES[name]) for name in args.sizes}
     if args.quick:
-        args.warmup, args.repeats = 1, 3
         for size in sizes.values():
             size.update(seq=32, batch=2)
-    harness.check_repeats(args.repeats, args.quick)
     torch.set_num_threads(args.threads)
     import transformers
 

@@ -25,7 +25,8 @@ from workbench.runner import resolve
 PRESETS = ("quickstart_dense", "quickstart_moe")
 
 
-def train_step(cfg, batch_BT: torch.Tensor) -> Callable[[], None]:
+def train_step(cfg, batch_BT: torch.Tensor) -> tuple[Callable[[], None], int]:
+    """A forward + backward + AdamW step of the config's model on the batch, and the model's parameter count."""
     model = build_model(cfg.model, cfg.moe, cfg.precision)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x_BT, y_BT = batch_BT[:, :-1], batch_BT[:, 1:]
@@ -37,21 +38,15 @@ def train_step(cfg, batch_BT: torch.Tensor) -> Callable[[], None]:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return step
+    return step, sum(p.numel() for p in model.parameters())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=harness.MIN_REPEATS)
-    parser.add_argument("--allocator", choices=harness.ALLOCATORS, default="fixed")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 3 repeats")
+    harness.add_timing_arguments(parser)
     args = parser.parse_args()
-    allocator = harness.set_allocator(args.allocator)
-    if args.quick:
-        args.warmup, args.repeats = 1, 3
-    harness.check_repeats(args.repeats, args.quick)
+    allocator = harness.begin(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -63,7 +58,7 @@ def main() -> None:
     for name in PRESETS:
         cfg = resolve(workbench.compose(name), vocab_size=257)  # the byte tokenizer's vocabulary
         batch_BT = torch.randint(0, 257, (cfg.data.batch_size, cfg.data.seq_len + 1))
-        steps[name] = train_step(cfg, batch_BT)
+        steps[name], _ = train_step(cfg, batch_BT)
         tokens[name] = cfg.data.batch_size * cfg.data.seq_len
         fpt[name] = flops_per_token(cfg.model, cfg.moe, cfg.data.seq_len)["total"]
     summary = harness.summarize(

@@ -203,6 +203,7 @@ def banding_errors(threshold: float, bands: int, rows: int) -> tuple[float, floa
     return fp, fn
 
 
+@functools.lru_cache(maxsize=64)  # a few hundred integrations; every decide and describe asks again
 def optimal_banding(
     threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5
 ) -> tuple[int, int]:
@@ -350,11 +351,6 @@ class KeepPolicy(StrEnum):
     quality = "quality"  # the highest score in `quality_column`
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_banding(threshold: float, num_perm: int, fp_weight: float, fn_weight: float) -> tuple[int, int]:
-    return optimal_banding(threshold, num_perm, fp_weight, fn_weight)
-
-
 @dataclass
 class MinHashParams:
     ngram: int = bounded(5, ge=1)  # word 5-grams: datatrove MinhashConfig.n_grams / FineWeb
@@ -379,7 +375,7 @@ class MinHashParams:
     def banding(self) -> tuple[int, int]:
         """(bands, rows): as given, or chosen from the threshold when both are null."""
         if self.bands is None and self.rows is None:
-            return _cached_banding(self.threshold, self.num_perm, self.fp_weight, self.fn_weight)
+            return optimal_banding(self.threshold, self.num_perm, self.fp_weight, self.fn_weight)
         return int(self.bands), int(self.rows)  # check() refuses one null without the other
 
     def check(self, where: str) -> None:
